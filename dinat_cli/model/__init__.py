@@ -1,0 +1,5 @@
+"""The DiNAT-IR network."""
+
+from dinat_cli.model.network import SIZE_MULTIPLE, RestoreDiNAT
+
+__all__ = ["RestoreDiNAT", "SIZE_MULTIPLE"]

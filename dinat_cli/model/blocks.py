@@ -1,0 +1,89 @@
+"""Transformer blocks: neighbourhood attention with channel modulation, then GDFN."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dinat_cli.model.attention import NeighborhoodAttention2D
+from dinat_cli.model.layers import FeedForward, LayerNorm
+from dinat_cli.model.pooling import ChannelPool
+
+KERNEL_SIZE = 7
+MODES = ("hybrid", "local_only", "globl_only")
+
+
+class TransBlock(nn.Module):
+    """x + attention(norm(x)) [* channel modulation], then x + ffn(norm(x))."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        dilation: int,
+        ffn_expansion_factor: float,
+        bias: bool,
+        layer_norm_type: str,
+        chan_adapt: bool,
+        pool_kernel: int | None,
+    ) -> None:
+        super().__init__()
+        self.na2d = NeighborhoodAttention2D(dim, num_heads, KERNEL_SIZE, dilation)
+        self.norm1 = LayerNorm(dim, layer_norm_type)
+        self.chan_adapt = chan_adapt
+        if chan_adapt:
+            self.pool = ChannelPool(pool_kernel)
+            # A 7-tap filter across the channel axis of the pooled statistics.
+            self.conv = nn.Conv1d(1, 1, kernel_size=7, padding=3, bias=False)
+        self.norm2 = LayerNorm(dim, layer_norm_type)
+        self.ffn = FeedForward(dim, ffn_expansion_factor, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = self.norm1(x)
+        attended = self.na2d(normed.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        if self.chan_adapt:
+            attended = attended * self.channel_modulation(normed)
+        x = x + attended
+        return x + self.ffn(self.norm2(x))
+
+    def channel_modulation(self, x: torch.Tensor) -> torch.Tensor:
+        """Sigmoid gate per channel (per pixel under TLC), from pooled channel statistics."""
+        pooled = self.pool(x)
+        batch, channels, height, width = pooled.shape
+        series = pooled.permute(0, 2, 3, 1).reshape(-1, 1, channels)
+        gate = F.conv1d(series, self.conv.weight, padding=3)
+        return torch.sigmoid(gate.reshape(batch, height, width, channels).permute(0, 3, 1, 2))
+
+
+class DualTransBlock(nn.Module):
+    """A local (dilation 1) block followed by a global (dilated) block."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        dilation: int,
+        ffn_expansion_factor: float,
+        bias: bool,
+        layer_norm_type: str,
+        chan_adapt: bool,
+        mode: str,
+        pool_kernel: int | None,
+    ) -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        local_dilation = dilation if mode == "globl_only" else 1
+        global_dilation = 1 if mode == "local_only" else dilation
+
+        def block(block_dilation: int) -> TransBlock:
+            return TransBlock(
+                dim, num_heads, block_dilation, ffn_expansion_factor, bias, layer_norm_type, chan_adapt, pool_kernel
+            )
+
+        self.local = block(local_dilation)
+        self.globl = block(global_dilation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.globl(self.local(x))
