@@ -17,8 +17,7 @@ def golden_dir() -> Path:
     """The reference folder; its absence is a failure, never a silent skip."""
     if not GOLDEN_DIR.is_dir():
         pytest.fail(
-            f"golden references not found at {GOLDEN_DIR}: clone the project beside ../shared "
-            "or set DINAT_GOLDEN",
+            f"golden references not found at {GOLDEN_DIR}: clone the project beside ../shared or set DINAT_GOLDEN",
             pytrace=False,
         )
     return GOLDEN_DIR

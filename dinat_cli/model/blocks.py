@@ -10,7 +10,6 @@ from dinat_cli.model.attention import NeighborhoodAttention2D
 from dinat_cli.model.layers import FeedForward, LayerNorm
 from dinat_cli.model.pooling import ChannelPool
 
-KERNEL_SIZE = 7
 MODES = ("hybrid", "local_only", "globl_only")
 
 
@@ -21,6 +20,7 @@ class TransBlock(nn.Module):
         self,
         dim: int,
         num_heads: int,
+        kernel_size: int,
         dilation: int,
         ffn_expansion_factor: float,
         bias: bool,
@@ -29,7 +29,7 @@ class TransBlock(nn.Module):
         pool_kernel: int | None,
     ) -> None:
         super().__init__()
-        self.na2d = NeighborhoodAttention2D(dim, num_heads, KERNEL_SIZE, dilation)
+        self.na2d = NeighborhoodAttention2D(dim, num_heads, kernel_size, dilation)
         self.norm1 = LayerNorm(dim, layer_norm_type)
         self.chan_adapt = chan_adapt
         if chan_adapt:
@@ -63,6 +63,7 @@ class DualTransBlock(nn.Module):
         self,
         dim: int,
         num_heads: int,
+        kernel_size: int,
         dilation: int,
         ffn_expansion_factor: float,
         bias: bool,
@@ -79,7 +80,15 @@ class DualTransBlock(nn.Module):
 
         def block(block_dilation: int) -> TransBlock:
             return TransBlock(
-                dim, num_heads, block_dilation, ffn_expansion_factor, bias, layer_norm_type, chan_adapt, pool_kernel
+                dim,
+                num_heads,
+                kernel_size,
+                block_dilation,
+                ffn_expansion_factor,
+                bias,
+                layer_norm_type,
+                chan_adapt,
+                pool_kernel,
             )
 
         self.local = block(local_dilation)

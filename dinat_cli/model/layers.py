@@ -67,9 +67,7 @@ class Downsample(nn.Module):
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(dim, dim // 2, kernel_size=3, padding=1, bias=False), nn.PixelUnshuffle(2)
-        )
+        self.body = nn.Sequential(nn.Conv2d(dim, dim // 2, kernel_size=3, padding=1, bias=False), nn.PixelUnshuffle(2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
@@ -80,9 +78,7 @@ class Upsample(nn.Module):
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(dim, dim * 2, kernel_size=3, padding=1, bias=False), nn.PixelShuffle(2)
-        )
+        self.body = nn.Sequential(nn.Conv2d(dim, dim * 2, kernel_size=3, padding=1, bias=False), nn.PixelShuffle(2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)

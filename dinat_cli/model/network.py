@@ -20,7 +20,8 @@ class RestoreDiNAT(nn.Module):
 
     `tlc=True` pools the channel modulation locally as the official test pipeline
     does (boxes 1.5x the 256-pixel training feature sizes); `tlc=False` pools over
-    the whole image, as in training.
+    the whole image, as in training. `kernel_size` (7 in every official model) is the
+    attention window's side.
     """
 
     def __init__(
@@ -39,6 +40,7 @@ class RestoreDiNAT(nn.Module):
         mode: str = "hybrid",
         dual_pixel_task: bool = False,
         tlc: bool = False,
+        kernel_size: int = 7,
     ) -> None:
         super().__init__()
         if len(num_blocks) != 4 or len(heads) != 4 or len(dilations) != 4:
@@ -57,6 +59,7 @@ class RestoreDiNAT(nn.Module):
             chan_adapt=chan_adapt,
             mode=mode,
             dual_pixel_task=dual_pixel_task,
+            kernel_size=kernel_size,
         )
         self.tlc = tlc
 
@@ -67,6 +70,7 @@ class RestoreDiNAT(nn.Module):
                     DualTransBlock(
                         width,
                         heads[level],
+                        kernel_size,
                         dilations[level],
                         ffn_expansion_factor,
                         bias,
@@ -108,9 +112,7 @@ class RestoreDiNAT(nn.Module):
         """Restore `(B, inp_channels, H, W)` with H and W divisible by 8."""
         height, width = image.shape[-2:]
         if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
-            raise ValueError(
-                f"input {height}x{width} must have sides divisible by {SIZE_MULTIPLE}; pad it first"
-            )
+            raise ValueError(f"input {height}x{width} must have sides divisible by {SIZE_MULTIPLE}; pad it first")
         embedded = self.patch_embed(image)
         skip1 = self.encoder_level1(embedded)
         skip2 = self.encoder_level2(self.down1_2(skip1))

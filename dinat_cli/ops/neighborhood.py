@@ -46,9 +46,7 @@ def na2d(
         bias = None
         if rpb is not None:
             bias = rpb[:, bias_rows[rows, None, :, None], bias_cols[None, :, None, :]]
-        out[:, :, rows] = attend_band(
-            q[:, :, rows] * scale, k, v, key_rows[rows], key_cols, bias
-        )
+        out[:, :, rows] = attend_band(q[:, :, rows] * scale, k, v, key_rows[rows], key_cols, bias)
     return out
 
 

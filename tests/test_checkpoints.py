@@ -1,0 +1,219 @@
+"""Loading weights files: layouts, configuration inference, safetensors, bad files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from dinat_cli.checkpoints import infer_config, load_model, read_state_dict, save_model
+from dinat_cli.errors import CheckpointError
+from dinat_cli.model import RestoreDiNAT
+
+SMALL = dict(dim=8, num_blocks=[1, 2, 1, 1], num_refinement_blocks=1, heads=[1, 2, 2, 4], chan_adapt=True)
+
+
+def _random_model(**overrides) -> RestoreDiNAT:
+    torch.manual_seed(0)
+    model = RestoreDiNAT(**{**SMALL, **overrides}).eval()
+    with torch.no_grad():  # make every parameter matter, biases and norms included
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    return model
+
+
+def _output(model: RestoreDiNAT, channels: int = 3) -> torch.Tensor:
+    torch.manual_seed(1)
+    with torch.inference_mode():
+        return model(torch.rand(1, channels, 64, 56))
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        lambda sd: {"params": sd},
+        lambda sd: {"params_ema": sd},
+        lambda sd: {"params": sd, "params_ema": {k: torch.zeros_like(v) for k, v in sd.items()}},
+        lambda sd: sd,
+        lambda sd: {f"module.{k}": v for k, v in sd.items()},
+        lambda sd: {"params": {f"module.{k}": v for k, v in sd.items()}},
+    ],
+    ids=["params", "params_ema", "params_wins_over_ema", "bare", "module_prefix", "params_module_prefix"],
+)
+def test_basicsr_layouts_load_with_identical_outputs(tmp_path: Path, layout) -> None:
+    model = _random_model()
+    path = tmp_path / "net_g_latest.pth"
+    torch.save(layout(model.state_dict()), path)
+    loaded = load_model(path, tlc=False)
+    assert torch.equal(_output(loaded), _output(model))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        dict(bias=True),
+        dict(LayerNorm_type="BiasFree"),
+        dict(chan_adapt=False),
+        dict(inp_channels=6, dual_pixel_task=True),
+        dict(ffn_expansion_factor=2.0),
+        dict(ffn_expansion_factor=3.3),
+        dict(kernel_size=5),
+        dict(out_channels=1, inp_channels=1),
+    ],
+    ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "defaults",
+)
+def test_configuration_is_inferred_from_tensor_shapes(overrides: dict) -> None:
+    model = _random_model(**overrides)
+    config = infer_config(model.state_dict())
+    rebuilt = RestoreDiNAT(**config)
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    expected = {**model.config}
+    if "ffn_expansion_factor" in overrides:  # only int(width * factor) is recorded
+        assert all(
+            int(w * config["ffn_expansion_factor"]) == int(w * overrides["ffn_expansion_factor"])
+            for w in (8, 16, 32, 64)
+        )
+        expected["ffn_expansion_factor"] = config["ffn_expansion_factor"]
+    assert config == expected
+
+
+def test_official_configuration_is_inferred(golden_dir: Path) -> None:
+    import json
+
+    facts = json.loads((golden_dir / "official_checkpoints.json").read_text())["architecture"]
+    config = infer_config(RestoreDiNAT(dim=48, chan_adapt=True).state_dict())
+    for key in (
+        "dim",
+        "num_blocks",
+        "num_refinement_blocks",
+        "heads",
+        "dilations",
+        "ffn_expansion_factor",
+        "bias",
+        "LayerNorm_type",
+        "chan_adapt",
+        "mode",
+        "kernel_size",
+    ):
+        assert config[key] == facts[key], key
+
+
+def test_dilations_and_mode_can_be_overridden(tmp_path: Path) -> None:
+    model = _random_model(dilations=[8, 4, 2, 1], mode="local_only")
+    path = tmp_path / "custom.pth"
+    torch.save({"params": model.state_dict()}, path)
+    assert not torch.equal(_output(load_model(path, tlc=False)), _output(model))  # defaults differ
+    loaded = load_model(path, dilations=[8, 4, 2, 1], mode="local_only", tlc=False)
+    assert torch.equal(_output(loaded), _output(model))
+
+
+def test_safetensors_round_trip_keeps_the_full_configuration(tmp_path: Path) -> None:
+    model = _random_model(dilations=[8, 4, 2, 1], mode="globl_only", bias=True)
+    path = tmp_path / "ours.safetensors"
+    save_model(model, path, metadata={"description": "test"})
+    tensors, config = read_state_dict(path)
+    assert config == model.config
+    loaded = load_model(path, tlc=False)
+    assert loaded.config == model.config
+    assert torch.equal(_output(loaded), _output(model))
+
+
+def test_tlc_flag_is_the_callers_choice(tmp_path: Path) -> None:
+    path = tmp_path / "m.pth"
+    torch.save({"params": _random_model().state_dict()}, path)
+    assert load_model(path).tlc is True
+    assert load_model(path, tlc=False).tlc is False
+
+
+# ---- files that do not fit: one clear error naming the problem -------------------
+
+
+def _save_params(path: Path, state_dict: dict) -> Path:
+    torch.save({"params": state_dict}, path)
+    return path
+
+
+def test_unknown_keys_are_named(tmp_path: Path) -> None:
+    state = _random_model().state_dict()
+    state["encoder_level1.0.attn.temperature"] = torch.ones(1, 1, 1)  # a Restormer key
+    with pytest.raises(CheckpointError, match=r"unknown keys encoder_level1\.0\.attn\.temperature"):
+        load_model(_save_params(tmp_path / "x.pth", state))
+
+
+def test_missing_keys_are_named(tmp_path: Path) -> None:
+    state = _random_model().state_dict()
+    del state["decoder_level2.0.globl.ffn.dwconv.weight"]
+    with pytest.raises(CheckpointError, match=r"missing keys decoder_level2\.0\.globl\.ffn\.dwconv\.weight"):
+        load_model(_save_params(tmp_path / "x.pth", state))
+
+
+def test_wrong_shapes_are_named(tmp_path: Path) -> None:
+    state = _random_model().state_dict()
+    state["latent.0.local.na2d.proj.weight"] = torch.zeros(64, 63)
+    with pytest.raises(CheckpointError, match=r"wrong shapes latent\.0\.local\.na2d\.proj\.weight \(64, 63\)"):
+        load_model(_save_params(tmp_path / "x.pth", state))
+
+
+def test_other_networks_are_not_mistaken_for_dinat(tmp_path: Path) -> None:
+    state = {"conv_first.weight": torch.zeros(64, 3, 3, 3)}
+    with pytest.raises(CheckpointError, match="not a DiNAT-IR checkpoint: missing patch_embed.proj.weight"):
+        load_model(_save_params(tmp_path / "esrgan.pth", state))
+
+
+def test_truncated_pth_is_reported(tmp_path: Path) -> None:
+    path = _save_params(tmp_path / "cut.pth", _random_model().state_dict())
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="cut.pth: truncated or damaged"):
+        load_model(path)
+
+
+def test_truncated_safetensors_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "cut.safetensors"
+    save_model(_random_model(), path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="cut.safetensors: truncated or damaged"):
+        load_model(path)
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"hello, I am a text file\n", os.urandom(4096)], ids=["empty", "text", "noise"]
+)
+def test_non_checkpoints_are_reported(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "weights.pth"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="weights.pth: .*(empty|not a PyTorch|truncated)"):
+        load_model(path)
+
+
+def test_missing_file_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="no such weights file"):
+        load_model(tmp_path / "absent.pth")
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_pickle_that_would_run_code_is_refused_and_not_run(tmp_path: Path) -> None:
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "evil.pth"
+    torch.save({"params": _random_model().state_dict(), "extra": _Payload(marker)}, path)
+    with pytest.raises(CheckpointError, match="evil.pth: refused, the file holds Python objects"):
+        load_model(path)
+    assert not marker.exists()
+
+
+def test_non_tensor_entries_are_reported(tmp_path: Path) -> None:
+    path = tmp_path / "odd.pth"
+    torch.save({"params": {"patch_embed.proj.weight": [1, 2, 3]}}, path)
+    with pytest.raises(CheckpointError, match="not tensors: patch_embed.proj.weight"):
+        load_model(path)

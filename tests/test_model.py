@@ -1,0 +1,79 @@
+"""The whole network against the official code's outputs (../shared/golden/model_*.npz)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dinat_cli.model import RestoreDiNAT
+from dinat_cli.model.attention import NeighborhoodAttention2D
+
+MODEL_FILES = ["model_std_global", "model_std_tlc", "model_dualpixel_tlc", "model_nochan_custom"]
+
+
+def _golden_model(load_golden, name: str) -> tuple[RestoreDiNAT, list[tuple[torch.Tensor, torch.Tensor]]]:
+    data = load_golden(f"{name}.npz")
+    model = RestoreDiNAT(**json.loads(str(data["config"]))).eval()
+    params = {key.removeprefix("param/"): torch.from_numpy(data[key]) for key in data.files if key.startswith("param/")}
+    model.load_state_dict(params, strict=True)
+    pairs = []
+    index = 0
+    while f"x{index}" in data.files:
+        pairs.append((torch.from_numpy(data[f"x{index}"]), torch.from_numpy(data[f"y{index}"])))
+        index += 1
+    return model, pairs
+
+
+@pytest.mark.parametrize("name", MODEL_FILES)
+def test_network_matches_official_outputs(load_golden, name: str) -> None:
+    model, pairs = _golden_model(load_golden, name)
+    assert pairs
+    with torch.inference_mode():
+        for x, expected in pairs:
+            assert (model(x) - expected).abs().max().item() <= 1e-5, f"{name} input {tuple(x.shape)}"
+
+
+@pytest.mark.parametrize("case", ["case0", "case1", "case2"])
+def test_attention_module_matches_natten(load_golden, case: str) -> None:
+    data = load_golden("na2d_module.npz")
+    x = torch.from_numpy(data[f"{case}/x"])
+    layer = NeighborhoodAttention2D(
+        x.shape[-1], int(data[f"{case}/num_heads"]), int(data[f"{case}/kernel_size"]), int(data[f"{case}/dilation"])
+    )
+    prefix = f"{case}/param/"
+    layer.load_state_dict(
+        {key.removeprefix(prefix): torch.from_numpy(data[key]) for key in data.files if key.startswith(prefix)},
+        strict=True,
+    )
+    with torch.inference_mode():
+        assert (layer(x) - torch.from_numpy(data[f"{case}/y"])).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("variant", ["rgb", "dual_pixel"])
+def test_official_size_model_has_official_keys_and_shapes(golden_dir, variant: str) -> None:
+    reference = json.loads((golden_dir / "official_state_dict_shapes.json").read_text())[variant]
+    model = RestoreDiNAT(**reference["config"])
+    state = model.state_dict()
+    assert list(state) == list(reference["keys"])
+    assert {key: list(t.shape) for key, t in state.items()} == reference["keys"]
+    assert sum(t.numel() for t in model.parameters()) == reference["num_params"]
+
+
+def test_tlc_equals_global_pooling_on_small_images() -> None:
+    # Below 384 px every TLC box covers the whole map, so both poolings agree exactly.
+    torch.manual_seed(0)
+    config = dict(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, chan_adapt=True)
+    plain = RestoreDiNAT(**config).eval()
+    local = RestoreDiNAT(**config, tlc=True).eval()
+    local.load_state_dict(plain.state_dict())
+    x = torch.rand(1, 3, 64, 48)
+    with torch.inference_mode():
+        assert torch.equal(plain(x), local(x))
+
+
+def test_input_not_divisible_by_8_is_a_clear_error() -> None:
+    model = RestoreDiNAT(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1)
+    with pytest.raises(ValueError, match="divisible by 8"):
+        model(torch.zeros(1, 3, 60, 64))
