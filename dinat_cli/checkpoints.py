@@ -61,7 +61,7 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     blocks = [_count_blocks(state_dict, stage) for stage in _LEVEL_STAGES]
     heads = [
         state_dict[f"{stage}.0.local.na2d.rpb"].shape[0] if count else default
-        for stage, count, default in zip(_LEVEL_STAGES, blocks, (1, 2, 4, 8))
+        for stage, count, default in zip(_LEVEL_STAGES, blocks, (1, 2, 4, 8), strict=False)
     ]
     rpb_side = state_dict["encoder_level1.0.local.na2d.rpb"].shape[-1]
     return dict(
@@ -166,7 +166,7 @@ def _read_safetensors(path: Path) -> tuple[StateDict, dict[str, Any] | None]:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            tensors = {key: handle.get_tensor(key) for key in handle}
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(f"{path}: truncated or damaged safetensors file ({error})") from None
     config = None
@@ -204,7 +204,7 @@ def _ffn_factor(state_dict: Mapping[str, torch.Tensor], dim: int) -> float:
     """An expansion factor `f` with `int(width * f)` equal to every level's hidden width."""
     hidden = {
         width: state_dict[f"{stage}.0.local.ffn.project_out.weight"].shape[1]
-        for stage, width in zip(_LEVEL_STAGES, (dim, dim * 2, dim * 4, dim * 8))
+        for stage, width in zip(_LEVEL_STAGES, (dim, dim * 2, dim * 4, dim * 8), strict=False)
         if f"{stage}.0.local.ffn.project_out.weight" in state_dict
     }
 

@@ -114,7 +114,7 @@ def test_safetensors_round_trip_keeps_the_full_configuration(tmp_path: Path) -> 
     model = _random_model(dilations=[8, 4, 2, 1], mode="globl_only", bias=True)
     path = tmp_path / "ours.safetensors"
     save_model(model, path, metadata={"description": "test"})
-    tensors, config = read_state_dict(path)
+    _tensors, config = read_state_dict(path)
     assert config == model.config
     loaded = load_model(path, tlc=False)
     assert loaded.config == model.config

@@ -2,4 +2,4 @@
 
 from dinat_cli.model.network import SIZE_MULTIPLE, RestoreDiNAT
 
-__all__ = ["RestoreDiNAT", "SIZE_MULTIPLE"]
+__all__ = ["SIZE_MULTIPLE", "RestoreDiNAT"]

@@ -35,7 +35,7 @@ class RestoreDiNAT(nn.Module):
         dilations: Sequence[int] = (36, 18, 9, 4),
         ffn_expansion_factor: float = 2.66,
         bias: bool = False,
-        LayerNorm_type: str = "WithBias",  # noqa: N803 - the official keyword
+        LayerNorm_type: str = "WithBias",
         chan_adapt: bool = False,
         mode: str = "hybrid",
         dual_pixel_task: bool = False,
