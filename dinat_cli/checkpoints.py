@@ -166,7 +166,7 @@ def _read_safetensors(path: Path) -> tuple[StateDict, dict[str, Any] | None]:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - safe_open is not iterable
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(f"{path}: truncated or damaged safetensors file ({error})") from None
     config = None
