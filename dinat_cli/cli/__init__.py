@@ -14,6 +14,7 @@ from dinat_cli.errors import DinatError
 
 # Command modules register on import.
 # (command modules are imported below as they are added)
+from dinat_cli.cli import weights  # noqa: E402,F401
 
 
 def main() -> None:
