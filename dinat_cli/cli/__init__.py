@@ -9,12 +9,14 @@ import sys
 
 from rich.console import Console
 
+# Command modules register on import.
+from dinat_cli.cli import (
+    evaluate,  # noqa: F401
+    restore,  # noqa: F401
+    weights,  # noqa: F401
+)
 from dinat_cli.cli.app import app
 from dinat_cli.errors import DinatError
-
-# Command modules register on import.
-# (command modules are imported below as they are added)
-from dinat_cli.cli import weights  # noqa: E402,F401
 
 
 def main() -> None:
@@ -22,7 +24,10 @@ def main() -> None:
     try:
         app()
     except DinatError as error:
-        Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        # The message is plain text (paths may hold brackets): never parse it as markup.
+        console = Console(stderr=True, highlight=False, soft_wrap=True)
+        console.print("error:", style="bold red", end=" ")
+        console.print(str(error), markup=False)
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted", highlight=False)

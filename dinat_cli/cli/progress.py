@@ -1,0 +1,84 @@
+"""What a restore run shows: a rich progress bar on a terminal, one line per file otherwise."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from dinat_cli.batch import BatchResult, FileResult
+
+
+def _scores_text(scores: dict[str, float]) -> str:
+    parts = []
+    if "psnr" in scores:
+        psnr = scores["psnr"]
+        parts.append("PSNR inf" if math.isinf(psnr) else f"PSNR {psnr:.2f} dB")
+    parts += [f"{key.upper()} {value:.4f}" for key, value in scores.items() if key != "psnr"]
+    return ", ".join(parts)
+
+
+def describe(result: FileResult) -> str:
+    """One plain line for a finished file."""
+    if result.status == "skipped":
+        return f"skipped {result.name}: {result.output} exists (use --overwrite to redo it)"
+    if result.status == "failed":
+        return f"failed  {result.name}: {result.error}"
+    details = [f"{result.seconds:.2f} s"]
+    if result.scores:
+        details.append(_scores_text(result.scores))
+    if result.error:
+        details.append(result.error)
+    return f"done    {result.name} -> {result.output} ({', '.join(details)})"
+
+
+class RunDisplay:
+    """Reports each finished file; `quiet` keeps only failures, which cron should mail."""
+
+    def __init__(self, total: int, *, quiet: bool = False) -> None:
+        self.console = Console(stderr=True, highlight=False, soft_wrap=True)
+        self.quiet = quiet
+        self._progress: Progress | None = None
+        if not quiet and sys.stderr.isatty():
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self._task = self._progress.add_task("restoring", total=total)
+
+    def __enter__(self) -> RunDisplay:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def file_finished(self, result: FileResult) -> None:
+        if result.status == "failed" or (not self.quiet and self._progress is None):
+            self.console.print(describe(result), markup=False)
+        if self._progress is not None:
+            self._progress.update(self._task, advance=1, description=result.name)
+
+    def summary(self, batch: BatchResult) -> None:
+        if self.quiet:
+            return
+        done = batch.count("done")
+        line = (
+            f"restored {done}, skipped {batch.count('skipped')}, failed {batch.count('failed')} "
+            f"in {batch.elapsed:.1f} s"
+        )
+        if done:
+            line += f" ({done / batch.elapsed:.2f} images/s)"
+        if batch.mean_scores:
+            line += f"; mean {_scores_text(batch.mean_scores)}"
+        if batch.interrupted:
+            line = "interrupted: " + line
+        self.console.print(line, markup=False)

@@ -1,0 +1,196 @@
+"""`dinat deblur | defocus | denoise | derain`: one command body, four tasks."""
+
+from __future__ import annotations
+
+import inspect
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import typer
+
+from dinat_cli import batch, metrics, registry, reports
+from dinat_cli.cli.app import app
+from dinat_cli.cli.progress import RunDisplay
+from dinat_cli.engine import DEFAULT_OVERLAP, Restorer
+from dinat_cli.errors import UsageError
+from dinat_cli.io import EXT_CHOICES
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    summary: str
+    example: str
+    # How --gt scores outputs: the protocol of this task's benchmark in the papers.
+    protocol: str = "dinat"
+    y_channel: bool = False
+
+
+TASKS = (
+    Task("deblur", "Remove motion blur (GoPro-trained DiNAT-IR).", "dinat deblur shaky/ sharp/"),
+    Task(
+        "defocus",
+        "Remove defocus blur; --dual-pixel takes DPDD left/right views.",
+        "dinat defocus --dual-pixel dpdd_test/ out/   (folders inputL/ and inputR/)",
+    ),
+    Task("denoise", "Remove real camera noise (SIDD-trained).", "dinat denoise --tile 512 noisy/ clean/"),
+    Task("derain", "Remove rain streaks (Rain13K-trained).", "dinat derain --gt gt/ rainy/ out/", y_channel=True),
+)
+
+
+def _option(default: object, *names: str, help: str, **extra: object) -> typer.models.OptionInfo:
+    return typer.Option(default, *names, help=help, **extra)
+
+
+def _parameters(with_dual_pixel: bool) -> list[inspect.Parameter]:
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    spec: list[tuple[str, type, object]] = [
+        ("input", str, typer.Argument(..., help="An image file, a folder (walked recursively) or a quoted glob.")),
+        (
+            "output",
+            Path,
+            typer.Argument(..., help="Output folder (mirrors the input layout), or a file for one input."),
+        ),
+        ("model", str | None, _option(None, "--model", help="Registry entry to use (see `dinat weights list`).")),
+        ("weights", Path | None, _option(None, "--weights", help="Any DiNAT-IR .pth or .safetensors file.")),
+        ("device", str, _option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")),
+        (
+            "precision",
+            str,
+            _option("auto", "--precision", help="auto (fp32 on CPU, bf16/fp16 on CUDA), fp32, fp16, bf16."),
+        ),
+        ("tile", str, _option("auto", "--tile", help="auto (from free memory), 0 (whole image) or tile size >= 256.")),
+        ("tile_overlap", int, _option(DEFAULT_OVERLAP, "--tile-overlap", help="Pixels shared by neighbouring tiles.")),
+        ("overwrite", bool, _option(False, "--overwrite", help="Redo outputs that exist (default: skip them).")),
+        ("ext", str, _option("keep", "--ext", help=f"Output format: {'|'.join(EXT_CHOICES)}.")),
+        ("suffix", str, _option("", "--suffix", help="Added to each output file's stem, e.g. _restored.")),
+        ("gt", Path | None, _option(None, "--gt", help="Ground-truth folder: score each output and print the mean.")),
+        ("report", Path | None, _option(None, "--report", help="Write per-file results to FILE.json or FILE.csv.")),
+        ("json_output", bool, _option(False, "--json", help="Print the run's summary as JSON on stdout.")),
+        ("quiet", bool, _option(False, "--quiet", "-q", help="Print failures only.")),
+        (
+            "no_tlc",
+            bool,
+            _option(False, "--no-tlc", help="Pool channel statistics globally (training-time behaviour)."),
+        ),
+    ]
+    if with_dual_pixel:
+        spec.append(("dual_pixel", bool, _option(False, "--dual-pixel", help="Left+right dual-pixel views (DPDD).")))
+    return [inspect.Parameter(name, keyword, default=default, annotation=kind) for name, kind, default in spec]
+
+
+def _register(task: Task) -> None:
+    def command(**options: object) -> None:
+        code = restore(task, **options)
+        raise typer.Exit(code)
+
+    parameters = _parameters(with_dual_pixel=task.name == "defocus")
+    command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    command.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
+    command.__doc__ = f"{task.summary}\n\nExample: {task.example}"
+    app.command(task.name)(command)
+
+
+def restore(
+    task: Task,
+    *,
+    input: str,
+    output: Path,
+    model: str | None,
+    weights: Path | None,
+    device: str,
+    precision: str,
+    tile: str,
+    tile_overlap: int,
+    overwrite: bool,
+    ext: str,
+    suffix: str,
+    gt: Path | None,
+    report: Path | None,
+    json_output: bool,
+    quiet: bool,
+    no_tlc: bool,
+    dual_pixel: bool = False,
+) -> int:
+    """Run one restore command; returns the exit code. Setup errors raise before any output exists."""
+    path, entry = registry.select(task.name, model=model, weights=weights, dual_pixel=dual_pixel)
+    jobs = batch.plan_jobs(input, output, ext=ext, suffix=suffix, dual_pixel=dual_pixel)
+    ground_truth = batch.GroundTruth(gt) if gt is not None else None
+    protocol = "dpdd" if dual_pixel else task.protocol
+    metrics.check_options(protocol, task.y_channel, 0)
+    if report is not None:
+        reports.check_report_path(report)
+    config = entry.config if entry is not None else {}
+    restorer = Restorer.from_weights(
+        path,
+        dilations=config.get("dilations"),
+        mode=config.get("mode"),
+        tlc=not no_tlc,
+        device=device,
+        precision=precision,
+        tile=tile,
+        tile_overlap=tile_overlap,
+    )
+    _check_views(restorer, dual_pixel, path)
+
+    def score(reference, image) -> dict[str, float]:
+        return metrics.score_pair(reference.pixels, image.pixels, protocol, reference.bit_depth, task.y_channel, 0)
+
+    folder = output if not (len(jobs) == 1 and jobs[0].output == Path(output)) else Path(output).parent
+    with batch.output_lock(folder), _terminate_as_interrupt(), RunDisplay(len(jobs), quiet=quiet) as display:
+        result = batch.run_batch(
+            jobs,
+            restorer,
+            overwrite=overwrite,
+            ground_truth=ground_truth,
+            scorer=score if ground_truth is not None else None,
+            on_result=display.file_finished,
+        )
+        display.summary(result)
+    document = {
+        "task": task.name,
+        "weights": str(path),
+        "model": entry.name if entry is not None else None,
+        "device": str(restorer.device),
+        "precision": str(restorer.dtype).removeprefix("torch."),
+        "summary": result.summary(),
+        "files": [item.as_row() for item in result.results],
+    }
+    if report is not None:
+        reports.write_report(report, document, rows_key="files", summary_key="summary")
+    if json_output:
+        sys.stdout.write(reports.dumps_json(document) + "\n")
+    return result.exit_code
+
+
+def _check_views(restorer: Restorer, dual_pixel: bool, path: Path) -> None:
+    if dual_pixel and restorer.in_channels != 6:
+        raise UsageError(
+            f"--dual-pixel needs a dual-pixel model (6 input channels); {path} takes {restorer.in_channels}"
+        )
+    if not dual_pixel and restorer.in_channels != 3:
+        hint = " (add --dual-pixel)" if restorer.in_channels == 6 else ""
+        raise UsageError(f"{path} takes {restorer.in_channels}-channel input, not RGB images{hint}")
+
+
+class _terminate_as_interrupt:
+    """SIGTERM (kill, cron timeouts) stops the batch like Ctrl-C: finished files stay, none half written."""
+
+    def __enter__(self) -> None:
+        self._previous = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+
+    def __exit__(self, *_: object) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def _raise_interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+for _task in TASKS:
+    _register(_task)
+
+__all__ = ["TASKS", "Task", "restore"]

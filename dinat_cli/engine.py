@@ -1,0 +1,221 @@
+"""The inference engine every task shares: device, precision, memory-aware tiling.
+
+`Restorer` takes float images in [0, 1] and returns the network's output; reading and
+writing files is the job of `dinat_cli.io`, walking folders that of `dinat_cli.batch`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dinat_cli import checkpoints
+from dinat_cli.errors import DinatError, UsageError
+from dinat_cli.model import SIZE_MULTIPLE
+from dinat_cli.tiling import run_tiled
+
+# Smaller tiles change the network's behaviour: the level-1 attention span is 252 px.
+MIN_TILE = 256
+DEFAULT_OVERLAP = 64
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Peak working memory of the official-size network (dim 48) per input pixel in float32,
+# measured with `dinat bench`; it scales with the width and halves in 16-bit formats.
+_BYTES_PER_PIXEL_DIM48 = 12_000
+_MEMORY_SHARE = {"cuda": 0.7, "cpu": 0.5, "mps": 0.5}
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """`auto`, `cpu`, `cuda`, `cuda:N` or `mps` as a device this machine has."""
+    spec = spec.strip().lower()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise UsageError(f"--device {spec}: expected auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {spec}: this torch build or machine has no CUDA GPU")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise UsageError(f"--device {spec}: Apple MPS is not available here")
+    elif device.type != "cpu":
+        raise UsageError(f"--device {spec}: expected auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def resolve_precision(spec: str, device: torch.device) -> torch.dtype:
+    """`auto` is float32 on CPU and MPS, bfloat16 on CUDA where supported, else float16."""
+    spec = spec.strip().lower()
+    if spec == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if spec not in PRECISIONS:
+        raise UsageError(f"--precision {spec}: expected auto, {', '.join(PRECISIONS)}")
+    return PRECISIONS[spec]
+
+
+def parse_tile(spec: str | int | None) -> int | None:
+    """`auto` -> None (sized from free memory), `0` -> whole image always, N -> N-pixel tiles."""
+    if spec is None or str(spec).strip().lower() == "auto":
+        return None
+    try:
+        tile = int(spec)
+    except ValueError:
+        raise UsageError(f"--tile {spec}: expected auto, 0 or a size in pixels") from None
+    if tile != 0 and tile < MIN_TILE:
+        raise UsageError(f"--tile {tile}: tiles below {MIN_TILE} px change the network's output; use 0 or >= 256")
+    return tile - tile % SIZE_MULTIPLE if tile else 0
+
+
+@dataclass
+class RestoreStats:
+    """How one image was processed, for logs and reports."""
+
+    tile: int | None = None
+    precision: str = ""
+    retried_fp32: bool = False
+
+
+class Restorer:
+    """A loaded network on a device, restoring whole images or tiles of them.
+
+    >>> restorer = Restorer.from_weights("net_g_latest.pth")            # doctest: +SKIP
+    >>> restored = restorer.restore(image)  # float32 (H, W, C) in [0, 1] # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        device: str | torch.device = "auto",
+        precision: str = "auto",
+        tile: str | int | None = "auto",
+        tile_overlap: int = DEFAULT_OVERLAP,
+        batch_size: int = 1,
+    ) -> None:
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.dtype = resolve_precision(precision, self.device)
+        self.tile = parse_tile(tile)
+        if tile_overlap < 0 or tile_overlap % 2:
+            raise UsageError(f"--tile-overlap {tile_overlap}: expected an even number of pixels >= 0")
+        self.tile_overlap = tile_overlap
+        self.batch_size = max(1, batch_size)
+        self.model = model.to(self.device).eval()
+        config = getattr(model, "config", {})
+        self.in_channels = int(config.get("inp_channels", 3))
+        self.out_channels = int(config.get("out_channels", 3))
+        self._bytes_per_pixel = _BYTES_PER_PIXEL_DIM48 * int(config.get("dim", 48)) / 48
+        self.last = RestoreStats()
+
+    @classmethod
+    def from_weights(
+        cls,
+        path: Path | str,
+        *,
+        dilations: list[int] | None = None,
+        mode: str | None = None,
+        tlc: bool = True,
+        **options: object,
+    ) -> Restorer:
+        """Load a weights file (`.pth` in any BasicSR layout, or our `.safetensors`)."""
+        model = checkpoints.load_model(Path(path), dilations=dilations, mode=mode, tlc=tlc)
+        return cls(model, **options)
+
+    def restore(self, image: np.ndarray) -> np.ndarray:
+        """Restore float32 `(H, W, C)` in [0, 1]; returns float32 `(H, W, out_channels)`, not clipped."""
+        if image.ndim != 3 or image.shape[2] != self.in_channels:
+            raise ValueError(f"expected (H, W, {self.in_channels}) input, got {image.shape}")
+        tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)[None]
+        return self.restore_tensor(tensor)[0].permute(1, 2, 0).numpy()
+
+    def restore_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """Restore `(B, C, H, W)`; returns float32 on the CPU.
+
+        Out of memory halves the tile and tries again, down to 256 px; a non-finite
+        result in half precision is recomputed in float32.
+        """
+        x = x.to(self.device, torch.float32)
+        tile = self.tile if self.tile is not None else self.auto_tile(*x.shape[-2:])
+        dtype = self.dtype
+        retried = False
+        while True:
+            try:
+                result = self._run(x, tile or None, dtype)
+            except (torch.OutOfMemoryError, RuntimeError) as error:
+                if not _is_out_of_memory(error):
+                    raise
+                tile = self._smaller_tile(tile, x.shape[-2:])
+                continue
+            if dtype != torch.float32 and not torch.isfinite(result).all():
+                dtype, retried = torch.float32, True
+                continue
+            self.last = RestoreStats(tile=tile or None, precision=_precision_name(dtype), retried_fp32=retried)
+            return result.cpu()
+
+    def auto_tile(self, height: int, width: int) -> int:
+        """0 (whole image) when it fits in the free-memory budget, else the largest square tile that does."""
+        per_pixel = self._bytes_per_pixel * (0.5 if self.dtype != torch.float32 else 1.0) * self.batch_size
+        budget = _free_memory(self.device) * _MEMORY_SHARE.get(self.device.type, 0.5)
+        padded = (height + 7) // 8 * 8 * ((width + 7) // 8 * 8)
+        if padded * per_pixel <= budget:
+            return 0
+        side = int(math.sqrt(budget / per_pixel))
+        return max(MIN_TILE, side - side % SIZE_MULTIPLE)
+
+    def _smaller_tile(self, tile: int, shape: torch.Size) -> int:
+        with contextlib.suppress(Exception):
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        current = tile or max(shape)
+        if current <= MIN_TILE:
+            raise DinatError(f"out of memory on {self.device} even with {MIN_TILE} px tiles")
+        smaller = max(MIN_TILE, current // 2)
+        return smaller - smaller % SIZE_MULTIPLE
+
+    def _run(self, x: torch.Tensor, tile: int | None, dtype: torch.dtype) -> torch.Tensor:
+        with torch.inference_mode(), _precision(self.device, dtype):
+            return run_tiled(self.model, x, tile, self.tile_overlap, SIZE_MULTIPLE, self.batch_size)
+
+
+def _precision(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    # Autocast keeps normalisations and softmax in float32 while convolutions and
+    # matrix products run in the 16-bit format.
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _precision_name(dtype: torch.dtype) -> str:
+    return next(name for name, value in PRECISIONS.items() if value == dtype)
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    text = str(error).lower()
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
+def _free_memory(device: torch.device) -> float:
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return float(free)
+    if device.type == "mps":
+        return float(torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory())
+    with contextlib.suppress(OSError, ValueError), open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024
+    return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))

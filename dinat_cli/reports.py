@@ -1,0 +1,71 @@
+"""Machine-readable reports: one row per image plus a summary, as JSON or CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from dinat_cli.errors import DinatError, UsageError
+
+REPORT_SUFFIXES = (".json", ".csv")
+
+
+def check_report_path(path: Path) -> None:
+    """Refuse an unsupported report type or a missing folder before any work starts."""
+    if path.suffix.lower() not in REPORT_SUFFIXES:
+        raise UsageError(f"--report {path}: use a .csv or .json file name")
+    if not path.parent.is_dir():
+        raise UsageError(f"--report {path}: folder {path.parent} does not exist")
+
+
+def json_safe(value: Any) -> Any:
+    """JSON has no infinity or NaN: they become null (an identical pair's PSNR is inf)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
+
+
+def dumps_json(document: Mapping[str, Any]) -> str:
+    return json.dumps(json_safe(document), indent=2, allow_nan=False)
+
+
+def write_report(path: Path, document: Mapping[str, Any], rows_key: str, summary_key: str) -> None:
+    """JSON: `document` as is. CSV: one line per row of `document[rows_key]`, then a line
+    named by `summary_key` holding `document[summary_key]` (inf written as `inf`)."""
+    check_report_path(path)
+    text = dumps_json(document) + "\n" if path.suffix.lower() == ".json" else _csv_text(document, rows_key, summary_key)
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as error:
+        raise DinatError(f"cannot write report {path}: {error.strerror or error}") from error
+
+
+def _csv_text(document: Mapping[str, Any], rows_key: str, summary_key: str) -> str:
+    rows: Sequence[Mapping[str, Any]] = document[rows_key]
+    summary: Mapping[str, Any] = document.get(summary_key) or {}
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    columns += [key for key in summary if key not in columns]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_cell(row.get(column)) for column in columns])
+    if summary:
+        # Row names keep their file extension, so this line cannot be mistaken for an image.
+        writer.writerow([summary_key, *(_cell(summary.get(column)) for column in columns[1:])])
+    return buffer.getvalue()
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return repr(value) if isinstance(value, float) else str(value)
