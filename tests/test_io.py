@@ -130,11 +130,12 @@ def test_16_bit_grey_alpha_png_is_read_exactly(tmp_path: Path) -> None:
     np.testing.assert_array_equal(back.alpha, alpha)
 
 
-def test_16_bit_grey_alpha_is_written_as_16_bit_rgba(tmp_path: Path) -> None:
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16_bit_grey_alpha_is_written_as_16_bit_rgba(tmp_path: Path, suffix: str) -> None:
     image = DecodedImage(noise((H, W), np.uint16), alpha=noise((H, W), np.uint16, seed=1))
-    write_image(image, tmp_path / "a.png")
+    write_image(image, tmp_path / f"a{suffix}")
 
-    back = read_image(tmp_path / "a.png")
+    back = read_image(tmp_path / f"a{suffix}")
 
     np.testing.assert_array_equal(back.pixels, np.dstack([image.pixels] * 3))
     np.testing.assert_array_equal(back.alpha, image.alpha)
