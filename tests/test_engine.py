@@ -1,0 +1,143 @@
+"""The shared engine: tiling exactness, padding, memory back-off, precision fallback."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dinat_cli import engine
+from dinat_cli.engine import MIN_TILE, Restorer, parse_tile, resolve_device, resolve_precision
+from dinat_cli.errors import DinatError, UsageError
+from dinat_cli.model import RestoreDiNAT
+from dinat_cli.tiling import pad_to_multiple, run_tiled, tile_starts
+
+
+def _conv_net() -> torch.nn.Module:
+    """Four 3x3 convolutions: a receptive field of 9 pixels."""
+    torch.manual_seed(0)
+    layers = []
+    for index, (cin, cout) in enumerate([(3, 8), (8, 8), (8, 8), (8, 3)]):
+        layers.append(torch.nn.Conv2d(cin, cout, 3, padding=1))
+        if index < 3:
+            layers.append(torch.nn.GELU())
+    return torch.nn.Sequential(*layers).eval()
+
+
+@pytest.mark.parametrize("tile, overlap", [(256, 64), (264, 48), (320, 40)])
+def test_tiled_output_equals_whole_image_for_a_small_receptive_field(tile: int, overlap: int) -> None:
+    net = _conv_net()
+    x = torch.rand(1, 3, 613, 587)
+    with torch.inference_mode():
+        whole = run_tiled(net, x, None, overlap)
+        tiled = run_tiled(net, x, tile, overlap, batch_size=2)
+    assert len(tile_starts(616, tile, overlap)) > 1
+    assert (whole - tiled).abs().max().item() <= 1e-6
+
+
+def test_tiles_cover_evenly_with_at_least_the_overlap() -> None:
+    for length in (257, 600, 1024, 4000):
+        starts = tile_starts(length, 256, 64)
+        assert starts[0] == 0 and starts[-1] == length - 256
+        assert all(0 < b - a <= 256 - 64 for a, b in zip(starts, starts[1:], strict=False))
+
+
+def test_padding_mirrors_and_crops_back() -> None:
+    x = torch.arange(2 * 13 * 10, dtype=torch.float32).reshape(1, 2, 13, 10)
+    padded = pad_to_multiple(x, 8)
+    assert padded.shape[-2:] == (16, 16)
+    assert torch.equal(padded[..., 13, :10], x[..., 11, :])  # reflection, not zeros
+    identity = run_tiled(lambda t: t, x, None, 0)
+    assert torch.equal(identity, x)
+
+
+def test_restorer_output_is_the_network_output_on_the_padded_image() -> None:
+    torch.manual_seed(0)
+    model = RestoreDiNAT(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, chan_adapt=True, tlc=True)
+    image = np.random.default_rng(0).random((40, 48, 3), dtype=np.float32)
+    restored = Restorer(model, device="cpu").restore(image)
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(image).permute(2, 0, 1)[None])[0].permute(1, 2, 0).numpy()
+    assert np.abs(restored - expected).max() <= 1e-6
+
+
+def test_out_of_memory_halves_the_tile_and_retries() -> None:
+    net = _conv_net()
+    seen = []
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.shape[-1])
+        if x.shape[-1] > 300:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return net(x)
+
+    restorer = Restorer(torch.nn.Identity(), device="cpu", tile=0)
+    restorer.model = forward
+    image = np.random.default_rng(1).random((560, 600, 3), dtype=np.float32)
+    result = restorer.restore(image)
+    assert restorer.last.tile == 296  # the whole 600 px image failed; half of it, rounded down to a multiple of 8
+    assert max(seen) == 600 and result.shape == image.shape
+
+
+def test_out_of_memory_at_the_smallest_tile_is_a_clear_error() -> None:
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 999 bytes")
+
+    restorer = Restorer(torch.nn.Identity(), device="cpu", tile=MIN_TILE)
+    restorer.model = forward
+    with pytest.raises(DinatError, match="out of memory on cpu even with 256 px tiles"):
+        restorer.restore(np.zeros((300, 300, 3), dtype=np.float32))
+
+
+def test_other_runtime_errors_are_not_taken_for_memory() -> None:
+    restorer = Restorer(torch.nn.Identity(), device="cpu")
+    restorer.model = lambda x: (_ for _ in ()).throw(RuntimeError("shape mismatch"))
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        restorer.restore(np.zeros((8, 8, 3), dtype=np.float32))
+
+
+def test_non_finite_half_precision_output_is_recomputed_in_float32() -> None:
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        half = torch.is_autocast_enabled("cpu")
+        return torch.full_like(x, float("inf")) if half else x * 0.5
+
+    restorer = Restorer(torch.nn.Identity(), device="cpu", precision="bf16")
+    restorer.model = forward
+    result = restorer.restore(np.ones((16, 16, 3), dtype=np.float32))
+    assert restorer.last.retried_fp32 and restorer.last.precision == "fp32"
+    assert np.all(result == 0.5)
+
+
+def test_auto_tile_follows_free_memory(monkeypatch) -> None:
+    restorer = Restorer(RestoreDiNAT(dim=48), device="cpu")
+    monkeypatch.setattr(engine, "_free_memory", lambda device: 64e9)
+    assert restorer.auto_tile(1080, 1920) == 0
+    monkeypatch.setattr(engine, "_free_memory", lambda device: 4e9)
+    tile = restorer.auto_tile(4000, 6000)
+    assert tile >= MIN_TILE and tile % 8 == 0 and tile * tile * 12_000 <= 0.5 * 4e9
+    monkeypatch.setattr(engine, "_free_memory", lambda device: 1e6)
+    assert restorer.auto_tile(4000, 6000) == MIN_TILE
+
+
+@pytest.mark.parametrize("spec, expected", [("auto", None), ("0", 0), ("512", 512), ("517", 512), (None, None)])
+def test_tile_option(spec, expected) -> None:
+    assert parse_tile(spec) == expected
+
+
+@pytest.mark.parametrize("spec", ["100", "big", "-5"])
+def test_bad_tile_option_is_a_usage_error(spec: str) -> None:
+    with pytest.raises(UsageError, match="--tile"):
+        parse_tile(spec)
+
+
+def test_device_and_precision_defaults_on_cpu() -> None:
+    device = resolve_device("cpu")
+    assert resolve_precision("auto", device) == torch.float32
+    assert resolve_precision("bf16", device) == torch.bfloat16
+    with pytest.raises(UsageError, match="--precision"):
+        resolve_precision("fp64", device)
+    with pytest.raises(UsageError, match="--device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="no CUDA GPU"):
+            resolve_device("cuda:0")

@@ -1,0 +1,299 @@
+"""The restore commands end to end, as a shell script or cron job runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dinat_cli import batch
+from dinat_cli.model import RestoreDiNAT
+
+SMALL = {"dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1, "chan_adapt": True}
+
+
+def run_cli(
+    *args: str | Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dinat_cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def _random_model(**overrides) -> RestoreDiNAT:
+    torch.manual_seed(0)
+    model = RestoreDiNAT(**{**SMALL, **overrides}).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    return model
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("weights") / "net_g_latest.pth"
+    torch.save({"params": _random_model().state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def dual_pixel_checkpoint(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("weights") / "dpdd.pth"
+    torch.save({"params": _random_model(inp_channels=6, dual_pixel_task=True).state_dict()}, path)
+    return path
+
+
+def _messy_folder(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    (root / "sub").mkdir(parents=True)
+    cv2.imwrite(str(root / "photo.png"), rng.integers(0, 256, (56, 72, 3), dtype=np.uint8))
+    cv2.imwrite(str(root / "deep.png"), rng.integers(0, 65536, (48, 40, 3), dtype=np.uint16))
+    cv2.imwrite(str(root / "gray.png"), rng.integers(0, 256, (40, 33), dtype=np.uint8))
+    cv2.imwrite(str(root / "alpha.png"), rng.integers(0, 256, (32, 48, 4), dtype=np.uint8))
+    (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "notes.txt").write_text("not an image")
+    upright = rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    rotated = Image.fromarray(np.rot90(upright, k=1).copy())  # stored sideways...
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # ...with the tag that turns it upright again
+    rotated.save(root / "sub" / "rotated.jpg", exif=exif, quality=95)
+    return root
+
+
+def test_messy_folder_restores_what_it_can_and_reports_the_rest(tmp_path: Path, checkpoint: Path) -> None:
+    source = _messy_folder(tmp_path / "in")
+    out = tmp_path / "out"
+    result = run_cli("deblur", "--weights", checkpoint, source, out, "--report", tmp_path / "report.json")
+    assert result.returncode == 1, result.stderr
+    assert "corrupt.png" in result.stderr and "empty.jpg" in result.stderr
+    assert "Traceback" not in result.stderr
+    produced = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != ".dinat.lock")
+    assert produced == ["alpha.png", "deep.png", "gray.png", "photo.png", "sub/rotated.jpg"]
+
+    deep = cv2.imread(str(out / "deep.png"), cv2.IMREAD_UNCHANGED)
+    assert deep.dtype == np.uint16 and deep.shape == (48, 40, 3)
+    gray = cv2.imread(str(out / "gray.png"), cv2.IMREAD_UNCHANGED)
+    assert gray.shape == (40, 33)
+    alpha_in = cv2.imread(str(source / "alpha.png"), cv2.IMREAD_UNCHANGED)[..., 3]
+    alpha_out = cv2.imread(str(out / "alpha.png"), cv2.IMREAD_UNCHANGED)
+    assert alpha_out.shape == (32, 48, 4) and np.array_equal(alpha_out[..., 3], alpha_in)
+    rotated = Image.open(out / "sub" / "rotated.jpg")
+    assert rotated.size == (40, 24) and rotated.getexif().get(0x0112, 1) == 1
+
+    report = json.loads((tmp_path / "report.json").read_text())
+    statuses = {row["name"]: row["status"] for row in report["files"]}
+    assert statuses == {
+        "alpha.png": "done",
+        "corrupt.png": "failed",
+        "deep.png": "done",
+        "empty.jpg": "failed",
+        "gray.png": "done",
+        "photo.png": "done",
+        "sub/rotated.jpg": "done",
+    }
+    assert report["summary"]["done"] == 5 and report["summary"]["failed"] == 2
+
+
+def test_output_is_the_rounded_network_output(tmp_path: Path, checkpoint: Path) -> None:
+    image = np.random.default_rng(3).integers(0, 256, (61, 75, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "x.png"), image[..., ::-1])
+    result = run_cli("denoise", "--weights", checkpoint, tmp_path / "x.png", tmp_path / "y.png")
+    assert result.returncode == 0, result.stderr
+    model = _random_model(tlc=True)
+    x = torch.from_numpy(image.astype(np.float32) / 255).permute(2, 0, 1)[None]
+    x = torch.nn.functional.pad(x, (0, 5, 0, 3), mode="reflect")
+    with torch.inference_mode():
+        expected = model(x)[0, :, :61, :75].permute(1, 2, 0).clamp(0, 1).mul(255).round().numpy()
+    produced = cv2.imread(str(tmp_path / "y.png"))[..., ::-1].astype(np.float32)
+    assert np.abs(produced - expected).max() <= 1
+
+
+def _clean_folder(root: Path, count: int = 3, size: tuple[int, int] = (40, 48)) -> Path:
+    rng = np.random.default_rng(1)
+    root.mkdir(parents=True)
+    for index in range(count):
+        cv2.imwrite(str(root / f"img{index}.png"), rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+    return root
+
+
+def test_second_run_skips_finished_outputs_and_overwrite_redoes_them(tmp_path: Path, checkpoint: Path) -> None:
+    source, out = _clean_folder(tmp_path / "in"), tmp_path / "out"
+    assert run_cli("derain", "--weights", checkpoint, source, out).returncode == 0
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
+    again = run_cli("derain", "--weights", checkpoint, source, out, "--json")
+    assert again.returncode == 0
+    summary = json.loads(again.stdout)["summary"]
+    assert summary["skipped"] == 3 and summary["done"] == 0
+    assert stamps == {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
+    redo = run_cli("derain", "--weights", checkpoint, source, out, "--overwrite", "--json", "--quiet")
+    assert redo.returncode == 0 and redo.stderr == ""
+    assert json.loads(redo.stdout)["summary"]["done"] == 3
+
+
+def test_ext_suffix_glob_and_csv_report(tmp_path: Path, checkpoint: Path) -> None:
+    source = _clean_folder(tmp_path / "in")
+    out = tmp_path / "out"
+    result = run_cli(
+        "deblur",
+        "--weights",
+        checkpoint,
+        f"{source}/img[01].png",
+        out,
+        "--ext",
+        "jpg",
+        "--suffix",
+        "_sharp",
+        "--report",
+        tmp_path / "r.csv",
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.glob("*.jpg")) == ["img0_sharp.jpg", "img1_sharp.jpg"]
+    lines = (tmp_path / "r.csv").read_text().splitlines()
+    assert lines[0].startswith("name,output,status,seconds") and len(lines) == 4
+    assert lines[-1].startswith("summary,")
+
+
+def test_gt_scores_each_output_with_the_eval_metrics(tmp_path: Path, checkpoint: Path) -> None:
+    source = _clean_folder(tmp_path / "in")
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    for path in source.glob("*.png"):  # same stems, other format
+        cv2.imwrite(str(gt / f"{path.stem}.bmp"), cv2.imread(str(path)))
+    result = run_cli("deblur", "--weights", checkpoint, source, tmp_path / "out", "--gt", gt, "--json")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert all("psnr" in row and "ssim" in row for row in document["files"])
+    assert "mean PSNR" in result.stderr
+    evaluated = run_cli("eval", "--gt", gt, "--pred", tmp_path / "out", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert document["summary"]["mean"]["psnr"] == pytest.approx(json.loads(evaluated.stdout)["mean"]["psnr"], abs=1e-9)
+
+
+def test_missing_registry_weights_exit_2_before_touching_the_output(tmp_path: Path) -> None:
+    registry = tmp_path / "registry.json"
+    registry.write_text(
+        json.dumps(
+            {
+                "models": [
+                    {
+                        "name": "gopro",
+                        "task": "deblur",
+                        "description": "test entry",
+                        "sha256": "ab" * 32,
+                        "size": 123,
+                        "filename": "net_g_latest.pth",
+                        "format": "pth",
+                        "config": {},
+                        "default_for": ["deblur"],
+                        "url": "http://127.0.0.1:9/x.pth",
+                    }
+                ]
+            }
+        )
+    )
+    source = _clean_folder(tmp_path / "in", count=1)
+    env = {
+        "DINAT_REGISTRY": str(registry),
+        "DINAT_WEIGHTS_DIR": str(tmp_path / "none"),
+        "XDG_CACHE_HOME": str(tmp_path),
+    }
+    result = run_cli("deblur", source, tmp_path / "out", env=env)
+    assert result.returncode == 2
+    assert (
+        "ab" * 32 in result.stderr and "dinat weights download gopro" in result.stderr and "--weights" in result.stderr
+    )
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--tile", "100"], "--tile 100"),
+        (["--precision", "fp64"], "--precision fp64"),
+        (["--ext", "gif"], "--ext gif"),
+        (["--report", "r.txt"], ".csv or .json"),
+    ],
+)
+def test_bad_options_exit_2_with_one_line(tmp_path: Path, checkpoint: Path, args: list[str], message: str) -> None:
+    source = _clean_folder(tmp_path / "in", count=1)
+    result = run_cli("deblur", "--weights", checkpoint, source, tmp_path / "out", *args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_file_that_is_not_a_checkpoint_exits_2(tmp_path: Path) -> None:
+    source = _clean_folder(tmp_path / "in", count=1)
+    bogus = tmp_path / "weights.pth"
+    bogus.write_text("definitely not weights")
+    result = run_cli("deblur", "--weights", bogus, source, tmp_path / "out")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: {bogus}: not a PyTorch or safetensors checkpoint"]
+
+
+def test_a_second_run_on_the_same_output_is_refused(tmp_path: Path, checkpoint: Path) -> None:
+    source, out = _clean_folder(tmp_path / "in", count=1), tmp_path / "out"
+    with batch.output_lock(out):
+        result = run_cli("deblur", "--weights", checkpoint, source, out)
+    assert result.returncode == 2 and "another dinat run is writing there" in result.stderr
+    assert not list(out.glob("*.png"))
+
+
+def test_sigterm_stops_with_130_and_leaves_no_partial_file(tmp_path: Path, checkpoint: Path) -> None:
+    source, out = _clean_folder(tmp_path / "in", count=40, size=(96, 128)), tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dinat_cli", "deblur", "--weights", str(checkpoint), str(source), str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*.png")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    written = list(out.glob("*.png"))
+    assert 0 < len(written) < 40
+    assert not [p for p in out.iterdir() if ".tmp-" in p.name]
+    assert all(cv2.imread(str(p)) is not None for p in written)
+
+
+def test_dual_pixel_pairs_views_and_keeps_16_bit(tmp_path: Path, dual_pixel_checkpoint: Path) -> None:
+    rng = np.random.default_rng(5)
+    for side in ("inputL", "inputR"):
+        (tmp_path / "dp" / side).mkdir(parents=True)
+        for name in ("a.png", "b.png"):
+            cv2.imwrite(str(tmp_path / "dp" / side / name), rng.integers(0, 65536, (40, 56, 3), dtype=np.uint16))
+    result = run_cli("defocus", "--dual-pixel", "--weights", dual_pixel_checkpoint, tmp_path / "dp", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    restored = cv2.imread(str(tmp_path / "out" / "a.png"), cv2.IMREAD_UNCHANGED)
+    assert restored.dtype == np.uint16 and restored.shape == (40, 56, 3)
+    (tmp_path / "dp" / "inputR" / "b.png").unlink()
+    missing = run_cli("defocus", "--dual-pixel", "--weights", dual_pixel_checkpoint, tmp_path / "dp", tmp_path / "o2")
+    assert missing.returncode == 2 and "b.png" in missing.stderr
+    wrong = run_cli("defocus", "--weights", dual_pixel_checkpoint, tmp_path / "dp" / "inputL", tmp_path / "o3")
+    assert wrong.returncode == 2 and "--dual-pixel" in wrong.stderr
+
+
+def test_every_command_help_shows_an_example() -> None:
+    for command in ("deblur", "defocus", "denoise", "derain"):
+        result = run_cli(command, "--help")
+        assert result.returncode == 0 and f"Example: dinat {command}" in result.stdout
