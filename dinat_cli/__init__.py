@@ -1,3 +1,24 @@
-"""dinat: restore photos with DiNAT-IR (dilated neighbourhood attention)."""
+"""dinat: restore photos with DiNAT-IR (dilated neighbourhood attention).
+
+The Python API: `Restorer` (engine) runs a network on float images;
+`dinat_cli.model.RestoreDiNAT` is the network, `dinat_cli.checkpoints` loads weights.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+__all__ = ["Restorer", "__version__"]
+
+if TYPE_CHECKING:
+    from dinat_cli.engine import Restorer
+
+
+def __getattr__(name: str) -> object:
+    # Imported lazily: dinat_cli.io, .metrics and .registry work without loading torch.
+    if name == "Restorer":
+        from dinat_cli.engine import Restorer
+
+        return Restorer
+    raise AttributeError(f"module 'dinat_cli' has no attribute {name!r}")

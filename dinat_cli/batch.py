@@ -317,6 +317,7 @@ def output_lock(folder: Path) -> Iterator[None]:
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
         handle.flush()
+        io.remove_stale_temporaries(folder)
         yield
     finally:
         # The lock file stays: unlinking it would let a waiting run lock a stale inode.

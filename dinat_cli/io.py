@@ -288,6 +288,19 @@ def _replace_atomically(path: Path, data: bytes) -> None:
         raise
 
 
+def remove_stale_temporaries(folder: Path) -> int:
+    """Delete temporary files a killed run (kill -9, power loss) left under folder; returns how many.
+
+    Only call it while holding the folder's lock: another run's files in flight look the same.
+    """
+    removed = 0
+    for path in Path(folder).rglob(f".*{_TEMP_MARKER}*"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def _encode_png(image: DecodedImage, **_: object) -> bytes:
     if image.is_gray and image.alpha is not None and image.bit_depth == 8:
         return _encode_with_pillow(image, "PNG", gray=True)  # OpenCV writes 1, 3 or 4 channels, not 2

@@ -276,6 +276,18 @@ def test_sigterm_stops_with_130_and_leaves_no_partial_file(tmp_path: Path, check
     assert all(cv2.imread(str(p)) is not None for p in written)
 
 
+def test_temporary_files_of_a_killed_run_are_cleaned_up(tmp_path: Path, checkpoint: Path) -> None:
+    source, out = _clean_folder(tmp_path / "in", count=1), tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    stale = [out / ".img0.png.tmp-1a2b3c4d", out / "sub" / ".x.jpg.tmp-00ff00ff"]
+    for path in stale:
+        path.write_bytes(b"half an image")
+    keep = out / ".hidden-user-file"
+    keep.write_text("not ours")
+    assert run_cli("deblur", "--weights", checkpoint, source, out).returncode == 0
+    assert not any(path.exists() for path in stale) and keep.exists()
+
+
 def test_dual_pixel_pairs_views_and_keeps_16_bit(tmp_path: Path, dual_pixel_checkpoint: Path) -> None:
     rng = np.random.default_rng(5)
     for side in ("inputL", "inputR"):
