@@ -108,20 +108,53 @@ def _uniform(image: np.ndarray) -> np.ndarray:
     return cv2.blur(image, (_UNIFORM_SIZE, _UNIFORM_SIZE), borderType=cv2.BORDER_REFLECT_101)
 
 
+# Values per strip of the SSIM computation (about 1.5 MB per float64 temporary): a strip's
+# ten-odd temporaries stay in cache, which makes SSIM about twice as fast on photos.
+_STRIP_VALUES = 192 * 1024
+
+
 def _ssim_mean(
     x: np.ndarray,
     y: np.ndarray,
     data_range: float,
     blur: Callable[[np.ndarray], np.ndarray],
+    radius: int,
     crop: int = 0,
     covariance_scale: float = 1.0,
 ) -> float:
     """Mean of the SSIM map of Wang et al. (2004) with local statistics from `blur`.
 
+    The map is computed in horizontal strips, each read with `radius` extra rows on both
+    sides so that every kept row sees the same neighbourhood as in one whole-image pass
+    (the blur's border handling only acts at the image's own edges). `crop` drops that
+    many rows and columns at each edge from the mean (the valid-region variants).
+    """
+    height, width = x.shape[:2]
+    values_per_row = x.size // height
+    strip_rows = max(1, _STRIP_VALUES // values_per_row)
+    total, count = 0.0, 0
+    for start in range(crop, height - crop, strip_rows):
+        stop = min(start + strip_rows, height - crop)
+        low, high = max(0, start - radius), min(height, stop + radius)
+        ssim_map = _ssim_map(x[low:high], y[low:high], data_range, blur, covariance_scale)
+        kept = ssim_map[start - low : stop - low, crop : width - crop]
+        total += float(kept.sum(dtype=np.float64))
+        count += kept.size
+    return total / count
+
+
+def _ssim_map(
+    x: np.ndarray,
+    y: np.ndarray,
+    data_range: float,
+    blur: Callable[[np.ndarray], np.ndarray],
+    covariance_scale: float,
+) -> np.ndarray:
+    """SSIM at every position, float64.
+
     float64 throughout: a variance is E[x^2] - E[x]^2, which cancels badly in float32 on
     bright, flat regions. The map needs the two variances only as a sum, so E[x^2 + y^2]
-    is filtered once (four filters instead of five), and full-size temporaries are reused
-    in place: at photo sizes memory traffic costs as much as the filtering.
+    is filtered once (four filters instead of five); temporaries are reused in place.
     """
     x = x.astype(np.float64)
     y = y.astype(np.float64)
@@ -149,10 +182,7 @@ def _ssim_mean(
     mu_sq += c1
     var_sum += c2
     mu_sq *= var_sum
-    ssim_map = np.divide(mu_xy, mu_sq, out=mu_xy)
-    if crop:
-        ssim_map = ssim_map[crop:-crop, crop:-crop]
-    return float(ssim_map.mean(dtype=np.float64))
+    return np.divide(mu_xy, mu_sq, out=mu_xy)
 
 
 def ssim_gaussian(gt: np.ndarray, pred: np.ndarray, data_range: float) -> float:
@@ -162,7 +192,7 @@ def ssim_gaussian(gt: np.ndarray, pred: np.ndarray, data_range: float) -> float:
     (not the mean of per-channel SSIMs); on a grayscale image it is the 11x11 Gaussian.
     """
     blur = _gaussian_replicate_3d if gt.ndim == 3 else _gaussian_replicate
-    return _ssim_mean(gt, pred, data_range, blur)
+    return _ssim_mean(gt, pred, data_range, blur, radius=_GAUSS_SIZE // 2)
 
 
 def ssim_valid(gt: np.ndarray, pred: np.ndarray, data_range: float) -> float:
@@ -170,7 +200,8 @@ def ssim_valid(gt: np.ndarray, pred: np.ndarray, data_range: float) -> float:
     if gt.ndim != 2:
         raise DinatError("valid-region SSIM is defined on one channel only (use the Y channel)")
     _require_side(gt, _GAUSS_SIZE, "valid-region SSIM")
-    return _ssim_mean(gt, pred, data_range, _gaussian_replicate, crop=_GAUSS_SIZE // 2)
+    radius = _GAUSS_SIZE // 2
+    return _ssim_mean(gt, pred, data_range, _gaussian_replicate, radius, crop=radius)
 
 
 def ssim_uniform(gt: np.ndarray, pred: np.ndarray, data_range: float) -> float:
@@ -180,8 +211,9 @@ def ssim_uniform(gt: np.ndarray, pred: np.ndarray, data_range: float) -> float:
     the positions where the window fits, then over channels.
     """
     _require_side(gt, _UNIFORM_SIZE, "the dpdd SSIM")
+    radius = _UNIFORM_SIZE // 2
     window = _UNIFORM_SIZE * _UNIFORM_SIZE
-    return _ssim_mean(gt, pred, data_range, _uniform, crop=_UNIFORM_SIZE // 2, covariance_scale=window / (window - 1))
+    return _ssim_mean(gt, pred, data_range, _uniform, radius, crop=radius, covariance_scale=window / (window - 1))
 
 
 def _require_side(image: np.ndarray, side: int, what: str) -> None:

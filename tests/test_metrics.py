@@ -85,6 +85,23 @@ def test_rgb_ssim_is_one_3d_gaussian_with_replicate_padding(shape) -> None:
     assert metrics.ssim_gaussian(gt, pred, 255) == pytest.approx(expected, abs=1e-12)
 
 
+@pytest.mark.parametrize(
+    ("function", "shape"),
+    [
+        (metrics.ssim_gaussian, (53, 29, 3)),
+        (metrics.ssim_gaussian, (53, 29)),
+        (metrics.ssim_valid, (53, 29)),
+        (metrics.ssim_uniform, (53, 29, 3)),
+    ],
+)
+def test_strips_give_the_whole_image_result(monkeypatch, function, shape) -> None:
+    gt, pred = _random_pair(shape, seed=2)
+    whole = function(gt, pred, 255)
+    channels = shape[2] if len(shape) == 3 else 1
+    monkeypatch.setattr(metrics, "_STRIP_VALUES", 29 * channels * 4)  # 4 rows per strip
+    assert function(gt, pred, 255) == pytest.approx(whole, abs=1e-13)
+
+
 def test_rgb_ssim_differs_from_mean_of_channel_ssims() -> None:
     gt, pred = _random_pair((40, 40, 3))
     per_channel = np.mean([metrics.ssim_gaussian(gt[..., c], pred[..., c], 255) for c in range(3)])
