@@ -98,7 +98,8 @@ def test_strips_give_the_whole_image_result(monkeypatch, function, shape) -> Non
     gt, pred = _random_pair(shape, seed=2)
     whole = function(gt, pred, 255)
     channels = shape[2] if len(shape) == 3 else 1
-    monkeypatch.setattr(metrics, "_STRIP_VALUES", 29 * channels * 4)  # 4 rows per strip
+    monkeypatch.setattr(metrics, "_STRIP_VALUES", 29 * channels * 4)
+    monkeypatch.setattr(metrics, "_MIN_STRIP_ROWS", 4)  # 4-row strips
     assert function(gt, pred, 255) == pytest.approx(whole, abs=1e-13)
 
 
