@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from dinat_cli.cli import app
+from dinat_cli.cli import app, main
 from dinat_cli.errors import DinatError
 from dinat_cli.evaluation import pair_files, score_pairs
 
@@ -202,25 +201,14 @@ def test_help_shows_examples() -> None:
     assert "Examples" in result.stdout and "dinat eval --gt" in result.stdout
 
 
-def test_entry_point_reports_user_errors_in_one_line(tmp_path) -> None:
+def test_entry_point_reports_user_errors_in_one_line(tmp_path, monkeypatch, capsys) -> None:
     _write(tmp_path / "gt" / "a.png", _image(11))
     _write(tmp_path / "pred" / "b.png", _image(11))
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from dinat_cli.cli import main; main()",
-            "eval",
-            "--gt",
-            str(tmp_path / "gt"),
-            "--pred",
-            str(tmp_path / "pred"),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert completed.returncode == 1
-    assert completed.stdout == ""
-    assert completed.stderr.count("\n") == 1 and "unmatched files" in completed.stderr
-    assert "Traceback" not in completed.stderr
+    monkeypatch.setattr(sys, "argv", ["dinat", "eval", "--gt", str(tmp_path / "gt"), "--pred", str(tmp_path / "pred")])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and "unmatched files" in captured.err
+    assert "Traceback" not in captured.err
