@@ -49,11 +49,12 @@ class TransBlock(nn.Module):
 
     def channel_modulation(self, x: torch.Tensor) -> torch.Tensor:
         """Sigmoid gate per channel (per pixel under TLC), from pooled channel statistics."""
-        pooled = self.pool(x)
-        batch, channels, height, width = pooled.shape
-        series = pooled.permute(0, 2, 3, 1).reshape(-1, 1, channels)
-        gate = F.conv1d(series, self.conv.weight, padding=3)
-        return torch.sigmoid(gate.reshape(batch, height, width, channels).permute(0, 3, 1, 2))
+        pooled = self.pool(x).permute(0, 2, 3, 1)  # (B, h, w, C): the 7-tap filter runs along C
+        # As windows times taps rather than F.conv1d: a one-channel conv1d over every
+        # pixel's channel series falls to PyTorch's slow reference convolution.
+        windows = F.pad(pooled, (3, 3)).unfold(-1, 7, 1)  # (B, h, w, C, 7)
+        gate = windows @ self.conv.weight.reshape(7, 1).to(windows.dtype)
+        return torch.sigmoid(gate.squeeze(-1)).permute(0, 3, 1, 2)
 
 
 class DualTransBlock(nn.Module):

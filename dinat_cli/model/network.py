@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from dinat_cli import ops
+from dinat_cli.model.attention import NeighborhoodAttention2D
 from dinat_cli.model.blocks import DualTransBlock
 from dinat_cli.model.layers import Downsample, PatchEmbed, Upsample
 from dinat_cli.model.pooling import tlc_kernel
@@ -21,7 +23,8 @@ class RestoreDiNAT(nn.Module):
     `tlc=True` pools the channel modulation locally as the official test pipeline
     does (boxes 1.5x the 256-pixel training feature sizes); `tlc=False` pools over
     the whole image, as in training. `kernel_size` (7 in every official model) is the
-    attention window's side.
+    attention window's side. `attention` pins this model's attention backend
+    (`dinat_cli.ops.BACKENDS`); None follows the global selection (`ops.use_backend`).
     """
 
     def __init__(
@@ -41,6 +44,8 @@ class RestoreDiNAT(nn.Module):
         dual_pixel_task: bool = False,
         tlc: bool = False,
         kernel_size: int = 7,
+        *,
+        attention: str | None = None,
     ) -> None:
         super().__init__()
         if len(num_blocks) != 4 or len(heads) != 4 or len(dilations) != 4:
@@ -107,13 +112,24 @@ class RestoreDiNAT(nn.Module):
         if dual_pixel_task:
             self.skip_conv = nn.Conv2d(dim, dim * 2, kernel_size=1, bias=bias)
         self.output = nn.Conv2d(dim * 2, out_channels, kernel_size=3, padding=1, bias=bias)
+        self.set_attention(attention)
+
+    def set_attention(self, backend: str | None) -> None:
+        """Pin every attention layer to `backend`, or None to follow the global selection."""
+        if backend is not None:
+            ops.validate_backend(backend)
+        for module in self.modules():
+            if isinstance(module, NeighborhoodAttention2D):
+                module.backend = backend
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Restore `(B, inp_channels, H, W)` with H and W divisible by 8."""
         height, width = image.shape[-2:]
         if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
             raise ValueError(f"input {height}x{width} must have sides divisible by {SIZE_MULTIPLE}; pad it first")
-        embedded = self.patch_embed(image)
+        # Channels-last all the way: convolutions take oneDNN's fast NHWC kernels, and
+        # layer norm and attention, which work on (B, H, W, C), read it without copies.
+        embedded = self.patch_embed(image.contiguous(memory_format=torch.channels_last))
         skip1 = self.encoder_level1(embedded)
         skip2 = self.encoder_level2(self.down1_2(skip1))
         skip3 = self.encoder_level3(self.down2_3(skip2))
@@ -125,5 +141,5 @@ class RestoreDiNAT(nn.Module):
         x = self.refinement(x)
 
         if self.dual_pixel_task:
-            return self.output(x + self.skip_conv(embedded))
-        return self.output(x) + image
+            return self.output(x + self.skip_conv(embedded)).contiguous()
+        return (self.output(x) + image).contiguous()

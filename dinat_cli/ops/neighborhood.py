@@ -31,7 +31,7 @@ def na2d(
     `D ** -0.5`. Each query attends to the `K*K` keys of its dilation group nearest to
     it, the window shifted inwards at the borders.
     """
-    _check_inputs(q, k, v, kernel_size, dilation, rpb)
+    check_inputs(q, k, v, kernel_size, dilation, rpb)
     batch, heads, height, width, dim = q.shape
     scale = dim**-0.5 if scale is None else scale
     key_rows, bias_rows = axis_windows(height, kernel_size, dilation, q.device)
@@ -75,7 +75,7 @@ def attend_band(
     return torch.einsum("bhrwn,bhrwnd->bhrwd", attn, values)
 
 
-def _check_inputs(
+def check_inputs(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -83,6 +83,7 @@ def _check_inputs(
     dilation: int,
     rpb: torch.Tensor | None,
 ) -> None:
+    """Raise ValueError for shapes natten would reject (every backend checks the same)."""
     if q.dim() != 5 or k.shape != q.shape or v.shape[:-1] != q.shape[:-1]:
         raise ValueError(
             "q, k, v must be (B, heads, H, W, D) with matching shapes, got "

@@ -1,0 +1,195 @@
+"""Attention backends: which implementation of `na2d` runs, chosen globally or per call.
+
+- `torch`: the eager reference (`neighborhood.na2d`); exact, any device, slow.
+- `compiled`: `fused.na2d_fused` through `torch.compile` (inductor: C++ on CPU,
+  Triton on CUDA); exact to float32 rounding. Needs a working C++ compiler on CPU.
+- `flex`: PyTorch's `flex_attention`, the bias as a score modification and the
+  neighbourhood as a block mask; CUDA only.
+- `natten`: natten's fused kernels, where a natten with relative position bias
+  support (0.14 to 0.17) is installed.
+- `auto`: the fastest exact one available on the tensor's device: natten on CUDA,
+  then compiled, then torch.
+
+Compiled code lives in inductor's persistent cache under the user cache folder
+(`$XDG_CACHE_HOME/dinat/inductor`), unless `TORCHINDUCTOR_CACHE_DIR` is set, so a
+process pays the C++ compile once per machine, not once per run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import os
+import shutil
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from dinat_cli.errors import UsageError
+
+BACKENDS = ("auto", "torch", "compiled", "flex", "natten")
+# Preference of `auto` per device type; the first available wins.
+_AUTO_ORDER = {"cuda": ("natten", "compiled", "torch")}
+_AUTO_DEFAULT = ("compiled", "torch")
+
+_selected = "auto"
+
+
+def set_backend(name: str) -> None:
+    """Select the backend every later `na2d` call without an explicit one uses."""
+    global _selected
+    _selected = validate_backend(name)
+
+
+def current_backend() -> str:
+    """The selected backend name (possibly `auto`, resolved per call by device)."""
+    return _selected
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Select a backend for the calls made inside the `with` block."""
+    previous = _selected
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(previous)
+
+
+def unavailable_reason(name: str, device: torch.device | str) -> str | None:
+    """Why backend `name` cannot run on `device`, or None if it can."""
+    device_type = torch.device(device).type
+    if name == "torch":
+        return None
+    if name == "compiled":
+        return compiler_unavailable_reason(device_type)
+    if name == "flex":
+        if device_type != "cuda":
+            return "flex_attention is used on CUDA only"
+        return compiler_unavailable_reason(device_type)
+    if name == "natten":
+        return _natten_unavailable_reason()
+    raise ValueError(f"unknown attention backend {name!r}")
+
+
+def resolve_backend(name: str | None, device: torch.device | str) -> str:
+    """The concrete backend for `name` (None: the selected one) on `device`.
+
+    `auto` falls back silently; a backend asked for by name that cannot run is a
+    UsageError that says why.
+    """
+    name = validate_backend(name or _selected)
+    if name == "auto":
+        order = _AUTO_ORDER.get(torch.device(device).type, _AUTO_DEFAULT)
+        return next(candidate for candidate in order if unavailable_reason(candidate, device) is None)
+    reason = unavailable_reason(name, device)
+    if reason is not None:
+        raise UsageError(f"--attention {name} is not available: {reason}")
+    return name
+
+
+def available_backends(device: torch.device | str = "cpu") -> dict[str, str | None]:
+    """Every concrete backend with the reason it is unavailable on `device` (None: usable)."""
+    return {name: unavailable_reason(name, device) for name in BACKENDS if name != "auto"}
+
+
+def validate_backend(name: str) -> str:
+    """`name` itself if it is a backend name (available or not), else a UsageError."""
+    if name not in BACKENDS:
+        raise UsageError(f"--attention {name}: expected one of {', '.join(BACKENDS)}")
+    return name
+
+
+# --- compilation ---------------------------------------------------------------------
+
+
+@functools.cache
+def compiler_unavailable_reason(device_type: str) -> str | None:
+    """Why torch.compile cannot be used for `device_type`, or None if it can."""
+    if not torch._dynamo.is_dynamo_supported():
+        return "torch.compile does not support this Python or platform"
+    if device_type == "cpu":
+        from torch._inductor import cpp_builder
+
+        try:
+            compiler = cpp_builder.get_cpp_compiler()
+        except Exception as error:  # inductor raises plain RuntimeErrors for a missing compiler
+            return f"no C++ compiler for inductor ({error})"
+        if shutil.which(compiler) is None and not os.path.isfile(compiler):
+            return f"no C++ compiler for inductor ({compiler} not found)"
+        return None
+    if device_type == "cuda":
+        return None if importlib.util.find_spec("triton") else "triton is not installed"
+    return f"torch.compile is not used on {device_type}"
+
+
+# Read at import: inductor writes its own default (a folder in /tmp) into the variable
+# the first time it looks, and that must not pass for the user's choice.
+_USER_CACHE_DIR = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+
+
+def compile_cache_dir() -> str:
+    """Inductor's persistent cache folder: the user's choice, else ours in the user cache."""
+    from dinat_cli.registry import cache_dir
+
+    return _USER_CACHE_DIR or str(cache_dir() / "inductor")
+
+
+def _prepare_compiler() -> None:
+    # Inductor reads the variable at each cache access, so setting it before the first
+    # compile is enough.
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = compile_cache_dir()
+
+
+_COMPILE_ERRORS: tuple[type[BaseException], ...] = (
+    torch._dynamo.exc.BackendCompilerFailed,
+    torch._inductor.exc.InductorError,
+    OSError,
+)
+
+
+class Compiled:
+    """`fn` through torch.compile on first call; the caller's exact eager `fallback` if compiling fails.
+
+    A failure is remembered (`failed`), warned about once, and later calls go straight
+    to their fallback. Inside a region that is itself being compiled `fn` is called as
+    is, so that the outer graph traces through it.
+    """
+
+    def __init__(self, fn: Callable[..., Any], **options: Any) -> None:
+        self.fn = fn
+        self.options = options
+        self.failed: str | None = None
+        self._compiled: Callable[..., Any] | None = None
+
+    def __call__(self, *args: Any, fallback: Callable[[], Any], **kwargs: Any) -> Any:
+        if torch.compiler.is_compiling():
+            return self.fn(*args, **kwargs)
+        if self.failed:
+            return fallback()
+        if self._compiled is None:
+            _prepare_compiler()
+            self._compiled = torch.compile(self.fn, **self.options)
+        try:
+            return self._compiled(*args, **kwargs)
+        except _COMPILE_ERRORS as error:
+            first_line = next(iter(str(error).splitlines()), "")
+            self.failed = f"compiling {self.fn.__name__} failed: {type(error).__name__}: {first_line}"
+            warnings.warn(f"dinat: {self.failed}; using the exact eager attention instead", stacklevel=2)
+            return fallback()
+
+
+# --- natten --------------------------------------------------------------------------
+
+
+@functools.cache
+def _natten_unavailable_reason() -> str | None:
+    if importlib.util.find_spec("natten") is None:
+        return "natten is not installed"
+    from dinat_cli.ops import natten_backend
+
+    return natten_backend.unavailable_reason()
