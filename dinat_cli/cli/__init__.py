@@ -15,6 +15,7 @@ from dinat_cli.cli import (
     restore,  # noqa: F401
     weights,  # noqa: F401
 )
+from dinat_cli.cli import bench  # noqa: E402,F401
 from dinat_cli.cli.app import app
 from dinat_cli.errors import DinatError
 
