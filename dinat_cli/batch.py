@@ -1,23 +1,27 @@
-"""Restore a batch of files: plan outputs, read ahead, run the engine, write behind.
+"""Restore a batch of files: plan outputs, pick a shard, read ahead, run the engine, write behind.
 
-Files are decoded on reader threads and encoded on a writer thread while the model
-runs; a file that cannot be read, restored or written is recorded as failed and the
-batch goes on. Every output is written atomically by `dinat_cli.io`, so an interrupted
-run leaves finished files and nothing half written.
+`restore_file` is the whole work of one file; the local runner calls it on helper threads
+(files are decoded and encoded while the model runs), Ray workers (`dinat_cli.distributed`)
+call it the same way. A file that cannot be read, restored or written is recorded as
+failed and the batch goes on. Every output is written atomically by `dinat_cli.io`, so an
+interrupted run leaves finished files and nothing half written.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
+import queue
+import threading
 import time
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 import numpy as np
 
@@ -52,6 +56,9 @@ class FileResult:
     scores: dict[str, float] = field(default_factory=dict)
     tile: int | None = None
     precision: str | None = None
+    # Tries it took: more than one when a Ray worker died while restoring it.
+    attempts: int = 1
+    worker: str | None = None
 
     def as_row(self) -> dict[str, object]:
         row: dict[str, object] = {
@@ -65,6 +72,10 @@ class FileResult:
             row["tile"] = self.tile
         if self.precision:
             row["precision"] = self.precision
+        if self.attempts > 1:
+            row["attempts"] = self.attempts
+        if self.worker:
+            row["worker"] = self.worker
         if self.error:
             row["error"] = self.error
         return row
@@ -78,6 +89,11 @@ class BatchResult:
 
     def count(self, status: Status) -> int:
         return sum(result.status == status for result in self.results)
+
+    @property
+    def retried(self) -> int:
+        """Files sent again because a Ray worker died while restoring them."""
+        return sum(result.attempts > 1 for result in self.results)
 
     @property
     def mean_scores(self) -> dict[str, float]:
@@ -99,6 +115,7 @@ class BatchResult:
             "done": done,
             "skipped": self.count("skipped"),
             "failed": self.count("failed"),
+            "retried": self.retried,
             "interrupted": self.interrupted,
             "seconds": round(self.elapsed, 3),
             "images_per_second": round(done / self.elapsed, 4) if self.elapsed and done else 0.0,
@@ -128,6 +145,41 @@ def plan_jobs(input: str, output: Path, *, ext: str = "keep", suffix: str = "", 
             ]
     _refuse_clashes(jobs)
     return jobs
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard `index` of `count`, counted from 0 like SLURM array and Kubernetes indexed Job indices.
+
+    A job belongs to the shard its relative path hashes to, so N runs that see the same
+    input cover every file exactly once, whatever order each finds them in, and adding
+    files never moves the others to another shard.
+    """
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, spec: str) -> Shard:
+        """`K/N` with 0 <= K < N."""
+        index, slash, count = spec.partition("/")
+        try:
+            shard = cls(int(index), int(count))
+        except ValueError:
+            shard = None
+        if not slash or shard is None or not 0 <= shard.index < shard.count:
+            raise UsageError(f"--shard {spec}: expected K/N with 0 <= K < N, e.g. --shard $SLURM_ARRAY_TASK_ID/8")
+        return shard
+
+    def owns(self, job: Job) -> bool:
+        digest = hashlib.sha1(job.relative.as_posix().encode("utf-8")).digest()
+        return int.from_bytes(digest[:8], "big") % self.count == self.index
+
+    def select(self, jobs: Sequence[Job]) -> list[Job]:
+        return [job for job in jobs if self.owns(job)]
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
 
 
 def _refuse_clashes(jobs: Sequence[Job]) -> None:
@@ -160,14 +212,78 @@ class GroundTruth:
 Scorer = Callable[[io.DecodedImage, io.DecodedImage], dict[str, float]]
 
 
-@dataclass
-class _Restored:
-    job: Job
-    started: float
-    template: io.DecodedImage
+@dataclass(frozen=True)
+class Restoration:
+    """The network's output for one image, and how it was computed."""
+
     pixels: np.ndarray
     tile: int | None
     precision: str
+    seconds: float
+
+
+RestoreFn = Callable[[np.ndarray], Restoration]
+
+
+def model_call(restorer: Restorer) -> RestoreFn:
+    """`restorer` as `restore_file` calls it; not thread-safe, as the restorer itself."""
+
+    def call(pixels: np.ndarray) -> Restoration:
+        begin = time.perf_counter()
+        restored = restorer.restore(pixels)
+        # `last` describes this call only until the next one: read it before anyone else runs.
+        stats = restorer.last
+        return Restoration(restored, stats.tile, stats.precision, time.perf_counter() - begin)
+
+    return call
+
+
+def restore_file(
+    job: Job, restore: RestoreFn, *, ground_truth: GroundTruth | None = None, scorer: Scorer | None = None
+) -> FileResult:
+    """One file's whole work, locally or on a Ray worker: read, restore, write atomically, score.
+
+    A problem with the file is a failed result, never an exception. `seconds` leaves out the
+    time spent waiting for the model while it restored other files.
+    """
+    begin = time.perf_counter()
+    try:
+        template, pixels = _load(job)
+        asked = time.perf_counter()
+        restored = restore(pixels)
+        answered = time.perf_counter()
+        image = template.with_float_pixels(restored.pixels)
+        io.write_image(image, job.output)
+    except Exception as error:
+        return FileResult(job.name, str(job.output), "failed", time.perf_counter() - begin, _describe(error))
+    note, scores = None, {}
+    if ground_truth is not None and scorer is not None:
+        reference = ground_truth.find(job.relative)
+        try:
+            if reference is None:
+                note = f"no ground truth for {job.name}"
+            else:
+                scores = scorer(io.read_image(reference), image)
+        except DinatError as error:
+            note = f"not scored: {error}"
+        except Exception as error:
+            seconds = time.perf_counter() - begin
+            return FileResult(job.name, str(job.output), "failed", seconds, _describe(error), tile=restored.tile)
+    seconds = (asked - begin) + restored.seconds + (time.perf_counter() - answered)
+    return FileResult(
+        job.name, str(job.output), "done", seconds, note, scores, tile=restored.tile, precision=restored.precision
+    )
+
+
+def skip_existing(jobs: Sequence[Job], overwrite: bool, record: Callable[[FileResult], None]) -> list[Job]:
+    """The jobs to run; each output that exists is recorded as skipped unless `overwrite`."""
+    todo = []
+    for job in jobs:
+        if not overwrite and job.output.exists():
+            record(FileResult(job.name, str(job.output), "skipped"))
+        else:
+            todo.append(job)
+    return todo
 
 
 def run_batch(
@@ -180,7 +296,12 @@ def run_batch(
     on_result: Callable[[FileResult], None] | None = None,
     read_ahead: int = 2,
 ) -> BatchResult:
-    """Restore every job in order; existing outputs are skipped unless `overwrite`."""
+    """Restore every job in order; existing outputs are skipped unless `overwrite`.
+
+    Helper threads run `restore_file` for a few files at once, so files are read and written
+    while the model works; the model itself runs on this thread, one image at a time, so
+    Ctrl-C stops it at once.
+    """
     started = time.perf_counter()
     results: list[FileResult] = []
 
@@ -189,57 +310,86 @@ def run_batch(
         if on_result is not None:
             on_result(result)
 
-    todo = []
-    for job in jobs:
-        if not overwrite and job.output.exists():
-            record(FileResult(job.name, str(job.output), "skipped"))
-        else:
-            todo.append(job)
-
+    remaining = iter(skip_existing(jobs, overwrite, record))
+    model = _MainThreadModel(model_call(restorer))
+    # read_ahead files read ahead, one restoring, one written behind: memory stays bounded on big batches.
+    depth = read_ahead + 2
+    helpers = ThreadPoolExecutor(max_workers=depth, thread_name_prefix="dinat-file")
+    pending: deque[Future[FileResult]] = deque()
     interrupted = False
-    readers = ThreadPoolExecutor(max_workers=read_ahead, thread_name_prefix="dinat-read")
-    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dinat-write")
-    writes: deque[tuple[_Restored, Future[dict[str, float]]]] = deque()
     try:
-        for job, loaded in _read_ahead(todo, readers, read_ahead):
-            begin = time.perf_counter()
-            try:
-                template, pixels = loaded.result()
-                restored = restorer.restore(pixels)
-            except Exception as error:
-                record(FileResult(job.name, str(job.output), "failed", time.perf_counter() - begin, _describe(error)))
-                continue
-            item = _Restored(job, begin, template, restored, restorer.last.tile, restorer.last.precision)
-            writes.append((item, writer.submit(_save, item, ground_truth, scorer)))
-            # Keep at most two encoded images in flight: memory stays bounded on big batches.
-            while writes and (len(writes) > 2 or writes[0][1].done()):
-                record(_finished(*writes.popleft()))
-        while writes:
-            record(_finished(*writes.popleft()))
+        while True:
+            while len(pending) < depth and (job := next(remaining, None)) is not None:
+                pending.append(
+                    helpers.submit(restore_file, job, model.restore, ground_truth=ground_truth, scorer=scorer)
+                )
+            if not pending:
+                break
+            model.serve_until(pending[0])
+            record(pending.popleft().result())
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        readers.shutdown(wait=True, cancel_futures=True)
+        model.stop()
         # Writes in flight finish (each is atomic): nothing is left half written.
-        writer.shutdown(wait=True, cancel_futures=True)
+        helpers.shutdown(wait=True, cancel_futures=True)
     if interrupted:
-        for item, future in writes:
-            if future.done() and not future.cancelled():
-                record(_finished(item, future))
+        for future in pending:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                record(future.result())
     return BatchResult(results, time.perf_counter() - started, interrupted)
 
 
-def _read_ahead(
-    jobs: Sequence[Job], pool: ThreadPoolExecutor, depth: int
-) -> Iterator[tuple[Job, Future[tuple[io.DecodedImage, np.ndarray]]]]:
-    queue: deque[tuple[Job, Future]] = deque()
-    remaining = iter(jobs)
-    while True:
-        while len(queue) < depth and (job := next(remaining, None)) is not None:
-            queue.append((job, pool.submit(_load, job)))
-        if not queue:
-            return
-        yield queue.popleft()
+class _Stopped(BaseException):
+    """The run was interrupted before this file reached the model: it is not a failure of the file."""
+
+
+class _MainThreadModel:
+    """Runs the model on the main thread for helper threads that read and write files."""
+
+    def __init__(self, call: RestoreFn) -> None:
+        self._call = call
+        self._requests: queue.SimpleQueue[tuple[np.ndarray, Future[Restoration]] | None] = queue.SimpleQueue()
+        self._guard = threading.Lock()
+        self._stopped = False
+
+    def restore(self, pixels: np.ndarray) -> Restoration:
+        """Called on a helper thread: waits for the main thread to restore `pixels`."""
+        reply: Future[Restoration] = Future()
+        with self._guard:
+            if self._stopped:
+                raise _Stopped
+            self._requests.put((pixels, reply))
+        return reply.result()
+
+    def serve_until(self, target: Future[FileResult]) -> None:
+        """Restore what helpers ask for until `target` is finished."""
+        target.add_done_callback(lambda _: self._requests.put(None))  # wakes the wait below
+        while not target.done():
+            request = self._requests.get()
+            if request is None:
+                continue
+            pixels, reply = request
+            try:
+                reply.set_result(self._call(pixels))
+            except Exception as error:
+                reply.set_exception(error)
+            except BaseException:
+                # Ctrl-C in the middle of the model: the helper gives up on this file.
+                reply.set_exception(_Stopped())
+                raise
+
+    def stop(self) -> None:
+        """Refuse new requests and release the helpers still waiting."""
+        with self._guard:
+            self._stopped = True
+        while True:
+            try:
+                request = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            if request is not None:
+                request[1].set_exception(_Stopped())
 
 
 def _load(job: Job) -> tuple[io.DecodedImage, np.ndarray]:
@@ -252,36 +402,6 @@ def _load(job: Job) -> tuple[io.DecodedImage, np.ndarray]:
     return views[0], np.concatenate([view.to_float() for view in views], axis=2)
 
 
-def _save(item: _Restored, ground_truth: GroundTruth | None, scorer: Scorer | None) -> dict[str, float]:
-    image = item.template.with_float_pixels(item.pixels)
-    io.write_image(image, item.job.output)
-    if ground_truth is None or scorer is None:
-        return {}
-    reference = ground_truth.find(item.job.relative)
-    if reference is None:
-        raise _NotScored(f"no ground truth for {item.job.name}")
-    try:
-        return scorer(io.read_image(reference), image)
-    except DinatError as error:
-        raise _NotScored(f"not scored: {error}") from error
-
-
-class _NotScored(DinatError):
-    """The output was written, but could not be scored against a ground truth."""
-
-
-def _finished(item: _Restored, future: Future[dict[str, float]]) -> FileResult:
-    seconds = time.perf_counter() - item.started
-    base = dict(name=item.job.name, output=str(item.job.output), seconds=seconds, tile=item.tile)
-    try:
-        scores = future.result()
-    except _NotScored as problem:
-        return FileResult(**base, status="done", precision=item.precision, error=str(problem))
-    except Exception as error:
-        return FileResult(**base, status="failed", error=_describe(error))
-    return FileResult(**base, status="done", scores=scores, precision=item.precision)
-
-
 def _describe(error: BaseException) -> str:
     if isinstance(error, DinatError):
         return str(error)
@@ -292,33 +412,79 @@ def _describe(error: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def output_lock(folder: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the output folder; a second run is refused, not interleaved."""
+def output_lock(folder: Path, shard: Shard | None = None, jobs: Sequence[Job] = ()) -> Iterator[None]:
+    """Lock the output folder for one run: a clashing run is refused, not interleaved.
+
+    A whole run holds `.dinat.lock` exclusively and removes every temporary file a killed
+    run left. Shard K of N holds `.dinat.lock` shared and `.dinat.lock.K-of-N` exclusively:
+    the other shards run beside it, a whole run or a second copy of the shard is refused.
+    It removes only the temporary files of its own `jobs`, since another shard's files in
+    flight look the same.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / LOCK_NAME
+    busy = f"{folder}: another dinat run is writing there; wait for it or pick another folder"
+    with contextlib.ExitStack() as held:
+        if shard is None:
+            held.enter_context(_locked(folder / LOCK_NAME, busy, exclusive=True))
+            io.remove_stale_temporaries(folder)
+        else:
+            held.enter_context(_locked(folder / LOCK_NAME, busy, exclusive=False))
+            mine = folder / f"{LOCK_NAME}.{shard.index}-of-{shard.count}"
+            held.enter_context(_locked(mine, f"{folder}: shard {shard} is already being written there", exclusive=True))
+            remove_temporaries_of(jobs)
+        yield
+
+
+def remove_temporaries_of(jobs: Sequence[Job]) -> int:
+    """Delete the temporary files that runs killed mid-write left for these jobs' outputs; returns how many.
+
+    Only call it when nothing is writing these outputs: a file in flight looks the same.
+    """
+    names: defaultdict[Path, set[str]] = defaultdict(set)
+    for job in jobs:
+        names[job.output.parent].add(job.output.name)
+    removed = 0
+    for folder, outputs in names.items():
+        with contextlib.suppress(FileNotFoundError), os.scandir(folder) as entries:
+            for entry in entries:
+                # io names them ".<output name>.tmp-<random>" beside the output.
+                stem, marker, _ = entry.name.partition(io._TEMP_MARKER)
+                if marker and stem[:1] == "." and stem[1:] in outputs and entry.is_file():
+                    Path(entry.path).unlink(missing_ok=True)
+                    removed += 1
+    return removed
+
+
+@contextlib.contextmanager
+def _locked(path: Path, busy: str, *, exclusive: bool) -> Iterator[None]:
     handle = open(path, "a+")  # noqa: SIM115 - held for the whole run
     try:
         try:
-            import fcntl
-
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # Windows: msvcrt locks a byte range instead
-            import msvcrt
-
-            try:
-                msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
-            except OSError:
-                raise BlockingIOError from None
-    except BlockingIOError:
-        handle.close()
-        raise UsageError(f"{folder}: another dinat run is writing there; wait for it or pick another folder") from None
-    try:
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        io.remove_stale_temporaries(folder)
+            _lock(handle, exclusive)
+        except BlockingIOError:
+            raise UsageError(busy) from None
+        if exclusive:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
         yield
     finally:
         # The lock file stays: unlinking it would let a waiting run lock a stale inode.
         handle.close()
+
+
+def _lock(handle: IO[str], exclusive: bool) -> None:
+    try:
+        import fcntl
+    except ImportError:  # Windows: msvcrt locks a byte range, and only exclusively
+        import msvcrt
+
+        if not exclusive:
+            return  # shards then guard only against a second copy of themselves
+        try:
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError:
+            raise BlockingIOError from None
+        return
+    fcntl.flock(handle, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)

@@ -27,6 +27,8 @@ def describe(result: FileResult) -> str:
     if result.status == "failed":
         return f"failed  {result.name}: {result.error}"
     details = [f"{result.seconds:.2f} s"]
+    if result.attempts > 1:
+        details.append(f"attempt {result.attempts}: a worker died")
     if result.scores:
         details.append(_scores_text(result.scores))
     if result.error:
@@ -61,6 +63,11 @@ class RunDisplay:
         if self._progress is not None:
             self._progress.stop()
 
+    def note(self, line: str) -> None:
+        """A line about the run itself, such as the Ray workers it got."""
+        if not self.quiet:
+            self.console.print(line, markup=False)
+
     def file_finished(self, result: FileResult) -> None:
         if result.status == "failed" or (not self.quiet and self._progress is None):
             self.console.print(describe(result), markup=False)
@@ -77,6 +84,8 @@ class RunDisplay:
         )
         if done:
             line += f" ({done / batch.elapsed:.2f} images/s)"
+        if batch.retried:
+            line += f"; {batch.retried} sent again after a Ray worker died"
         if batch.mean_scores:
             line += f"; mean {_scores_text(batch.mean_scores)}"
         if batch.interrupted:

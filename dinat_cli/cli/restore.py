@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
 import signal
 import sys
@@ -10,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from dinat_cli import batch, metrics, registry, reports
+from dinat_cli import batch, distributed, metrics, registry, reports
 from dinat_cli.cli.app import app
 from dinat_cli.cli.progress import RunDisplay
 from dinat_cli.engine import DEFAULT_OVERLAP, Restorer
@@ -55,7 +57,11 @@ def _parameters(with_dual_pixel: bool) -> list[inspect.Parameter]:
         ),
         ("model", str | None, _option(None, "--model", help="Registry entry to use (see `dinat weights list`).")),
         ("weights", Path | None, _option(None, "--weights", help="Any DiNAT-IR .pth or .safetensors file.")),
-        ("device", str, _option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")),
+        (
+            "device",
+            str,
+            _option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps, or cuda:all (every GPU, on Ray)."),
+        ),
         (
             "precision",
             str,
@@ -74,6 +80,19 @@ def _parameters(with_dual_pixel: bool) -> list[inspect.Parameter]:
             "no_tlc",
             bool,
             _option(False, "--no-tlc", help="Pool channel statistics globally (training-time behaviour)."),
+        ),
+        ("shard", str | None, _option(None, "--shard", help="K/N: only this run's share of the files, K from 0.")),
+        ("ray", bool, _option(False, "--ray", help="Restore on Ray workers: start or join a local Ray instance.")),
+        ("ray_address", str | None, _option(None, "--ray-address", help="Restore on the Ray cluster at ADDR.")),
+        (
+            "workers",
+            int | None,
+            _option(None, "--workers", help="Ray workers; implies --ray (default: one per GPU, else per machine)."),
+        ),
+        (
+            "gpus_per_worker",
+            float | None,
+            _option(None, "--gpus-per-worker", help="GPUs each Ray worker takes, e.g. 0.5; 0 for CPU workers."),
         ),
     ]
     if with_dual_pixel:
@@ -112,49 +131,76 @@ def restore(
     json_output: bool,
     quiet: bool,
     no_tlc: bool,
+    shard: str | None = None,
+    ray: bool = False,
+    ray_address: str | None = None,
+    workers: int | None = None,
+    gpus_per_worker: float | None = None,
     dual_pixel: bool = False,
 ) -> int:
     """Run one restore command; returns the exit code. Setup errors raise before any output exists."""
     path, entry = registry.select(task.name, model=model, weights=weights, dual_pixel=dual_pixel)
+    share = batch.Shard.parse(shard) if shard is not None else None
+    cluster = distributed.ClusterOptions.requested(
+        ray=ray, address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker, device=device
+    )
     jobs = batch.plan_jobs(input, output, ext=ext, suffix=suffix, dual_pixel=dual_pixel)
+    if share is not None:
+        jobs = share.select(jobs)
     ground_truth = batch.GroundTruth(gt) if gt is not None else None
     protocol = "dpdd" if dual_pixel else task.protocol
     metrics.check_options(protocol, task.y_channel, 0)
     if report is not None:
         reports.check_report_path(report)
     config = entry.config if entry is not None else {}
-    restorer = Restorer.from_weights(
-        path,
-        dilations=config.get("dilations"),
-        mode=config.get("mode"),
-        tlc=not no_tlc,
-        device=device,
-        precision=precision,
-        tile=tile,
-        tile_overlap=tile_overlap,
-    )
-    _check_views(restorer, dual_pixel, path)
+    engine_options = {
+        "dilations": config.get("dilations"),
+        "mode": config.get("mode"),
+        "tlc": not no_tlc,
+        "device": device,
+        "precision": precision,
+        "tile": tile,
+        "tile_overlap": tile_overlap,
+    }
 
     def score(reference, image) -> dict[str, float]:
         return metrics.score_pair(reference.pixels, image.pixels, protocol, reference.bit_depth, task.y_channel, 0)
 
+    scorer = score if ground_truth is not None else None
     folder = output if not (len(jobs) == 1 and jobs[0].output == Path(output)) else Path(output).parent
-    with batch.output_lock(folder), _terminate_as_interrupt(), RunDisplay(len(jobs), quiet=quiet) as display:
-        result = batch.run_batch(
-            jobs,
-            restorer,
-            overwrite=overwrite,
-            ground_truth=ground_truth,
-            scorer=score if ground_truth is not None else None,
-            on_result=display.file_finished,
-        )
+    with contextlib.ExitStack() as stack:
+        if cluster is None:
+            restorer = Restorer.from_weights(path, **engine_options)
+            engine = {
+                "device": str(restorer.device),
+                "precision": str(restorer.dtype).removeprefix("torch."),
+                "in_channels": restorer.in_channels,
+            }
+            run = functools.partial(batch.run_batch, restorer=restorer, ground_truth=ground_truth, scorer=scorer)
+            ready = None
+        else:
+            must_see = [jobs[0].sources[0]] if jobs else []
+            pool = stack.enter_context(
+                distributed.WorkerPool.start(
+                    path, engine_options, cluster, must_see=must_see, ground_truth=ground_truth, scorer=scorer
+                )
+            )
+            engine, run, ready = pool.engine, pool.run_batch, pool.ready_note
+        _check_views(engine["in_channels"], dual_pixel, path)
+        stack.enter_context(batch.output_lock(folder, share, jobs))
+        stack.enter_context(_terminate_as_interrupt())
+        display = stack.enter_context(RunDisplay(len(jobs), quiet=quiet))
+        if ready is not None:
+            display.note(ready)
+        result = run(jobs, overwrite=overwrite, on_result=display.file_finished)
         display.summary(result)
     document = {
         "task": task.name,
         "weights": str(path),
         "model": entry.name if entry is not None else None,
-        "device": str(restorer.device),
-        "precision": str(restorer.dtype).removeprefix("torch."),
+        "device": engine["device"],
+        "precision": engine["precision"],
+        "shard": str(share) if share is not None else None,
         "summary": result.summary(),
         "files": [item.as_row() for item in result.results],
     }
@@ -165,14 +211,12 @@ def restore(
     return result.exit_code
 
 
-def _check_views(restorer: Restorer, dual_pixel: bool, path: Path) -> None:
-    if dual_pixel and restorer.in_channels != 6:
-        raise UsageError(
-            f"--dual-pixel needs a dual-pixel model (6 input channels); {path} takes {restorer.in_channels}"
-        )
-    if not dual_pixel and restorer.in_channels != 3:
-        hint = " (add --dual-pixel)" if restorer.in_channels == 6 else ""
-        raise UsageError(f"{path} takes {restorer.in_channels}-channel input, not RGB images{hint}")
+def _check_views(in_channels: int, dual_pixel: bool, path: Path) -> None:
+    if dual_pixel and in_channels != 6:
+        raise UsageError(f"--dual-pixel needs a dual-pixel model (6 input channels); {path} takes {in_channels}")
+    if not dual_pixel and in_channels != 3:
+        hint = " (add --dual-pixel)" if in_channels == 6 else ""
+        raise UsageError(f"{path} takes {in_channels}-channel input, not RGB images{hint}")
 
 
 class _terminate_as_interrupt:

@@ -1,0 +1,212 @@
+"""Restoring on Ray workers: the same files as a local run, and workers that die mid-run.
+
+Each test that runs Ray starts a local instance with two CPU workers (about ten seconds
+on two cores), so there are few of them and their folders are small.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from dinat_cli.distributed import ClusterOptions, WorkerPool
+from dinat_cli.errors import UsageError
+from dinat_cli.model import RestoreDiNAT
+
+SMALL = {"dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1, "chan_adapt": True}
+# The compiled attention kernels cost every new process a cache warm-up of seconds, every
+# restarted worker included; these tests are about distribution, so attention runs eagerly.
+FAST_START = {"TORCHDYNAMO_DISABLE": "1"}
+
+# Run as a script, so that Ray ships this worker class to its processes by value.
+DYING_DINAT = """
+import os
+import sys
+
+from dinat_cli import distributed
+from dinat_cli.cli import main
+
+MARKER = os.environ["DINAT_TEST_MARKER"]
+
+
+class DyingWorker(distributed._Worker):
+    '''Dies as a killed process does, half a file written: on the third file of the first
+    worker to get there, and on every try of poison.png.'''
+
+    def restore(self, job):
+        self.seen = getattr(self, "seen", 0) + 1
+        if job.name == "poison.png" or (self.seen == 3 and first_death()):
+            job.output.with_name(f".{job.output.name}.tmp-0dead0ff").write_bytes(b"half an image")
+            os._exit(1)
+        return super().restore(job)
+
+
+def first_death():
+    try:
+        open(MARKER, "x").close()
+    except FileExistsError:
+        return False
+    return True
+
+
+distributed._Worker = DyingWorker
+distributed.MAX_ATTEMPTS = 2  # one restart less to wait for than the default 3
+sys.argv[0] = "dinat"
+main()
+"""
+
+
+@pytest.fixture(scope="module")
+def ray_installed() -> None:
+    if importlib.util.find_spec("ray") is None:
+        pytest.fail("Ray is not installed: pip install '.[test]' (or '.[ray]')", pytrace=False)
+
+
+def run(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    command = [sys.executable, *map(str, args)]
+    env = {**os.environ, **FAST_START, **(env or {})}  # Ray's workers inherit it from the driver
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = RestoreDiNAT(**SMALL).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    path = tmp_path_factory.mktemp("weights") / "net_g_latest.pth"
+    torch.save({"params": model.state_dict()}, path)
+    return path
+
+
+def _folder(root: Path, names: list[str], size: tuple[int, int] = (40, 48)) -> Path:
+    rng = np.random.default_rng(2)
+    for index, name in enumerate(names):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        if index % 3 == 1:  # 16-bit
+            cv2.imwrite(str(root / name), rng.integers(0, 65536, (*size, 3), dtype=np.uint16))
+        else:
+            cv2.imwrite(str(root / name), rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+    return root
+
+
+def _outputs(folder: Path) -> dict[str, bytes]:
+    return {
+        path.relative_to(folder).as_posix(): path.read_bytes()
+        for path in folder.rglob("*")
+        if path.is_file() and not path.name.startswith(".dinat.lock")
+    }
+
+
+def test_two_ray_workers_write_the_same_bytes_as_a_local_run(
+    tmp_path: Path, checkpoint: Path, ray_installed: None
+) -> None:
+    source = _folder(tmp_path / "in", ["a.png", "b.png", "sub/c.png", "d.png"], size=(32, 40))
+    # torch's float32 sums depend on how many threads split them: one thread, as each worker has.
+    local = run(
+        "-m", "dinat_cli", "deblur", "--weights", checkpoint, source, tmp_path / "local", "-q",
+        env={"OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert local.returncode == 0, local.stderr
+    ray = run(
+        "-m", "dinat_cli", "deblur", "--weights", checkpoint, source, tmp_path / "ray", "--workers", "2", "--json"
+    )  # fmt: skip
+    assert ray.returncode == 0, ray.stderr
+    assert _outputs(tmp_path / "ray") == _outputs(tmp_path / "local") and len(_outputs(tmp_path / "ray")) == 4
+
+    document = json.loads(ray.stdout)  # Ray printed nothing of its own on stdout
+    assert document["summary"]["done"] == 4 and document["summary"]["retried"] == 0
+    assert len({row["worker"] for row in document["files"]}) == 2  # both workers, each with its one model
+    assert [row["name"] for row in document["files"]] == ["a.png", "b.png", "d.png", "sub/c.png"]
+    lines = ray.stderr.strip().splitlines()
+    assert lines[0].startswith("ray: 2 worker(s) on 1 machine(s)")
+    assert all(line.startswith(("done ", "restored ")) for line in lines[1:]), ray.stderr
+
+
+def test_workers_that_die_mid_run_lose_no_file_and_never_fake_one(
+    tmp_path: Path, checkpoint: Path, ray_installed: None
+) -> None:
+    names = [f"img{index}.png" for index in range(5)] + ["poison.png"]
+    source, out = _folder(tmp_path / "in", names, size=(24, 32)), tmp_path / "out"
+    script = tmp_path / "dying_dinat.py"
+    script.write_text(DYING_DINAT)
+    result = run(
+        script, "denoise", "--weights", checkpoint, source, out, "--workers", "2", "--report", tmp_path / "r.json",
+        env={"DINAT_TEST_MARKER": str(tmp_path / "died-once")},
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert (tmp_path / "died-once").exists()
+    lines = result.stderr.strip().splitlines()  # dinat's lines only, none of Ray's
+    assert lines[0].startswith("ray: 2 worker(s)") and result.stdout == ""
+    assert all(line.startswith(("done ", "failed ", "restored ")) for line in lines[1:]), result.stderr
+
+    report = json.loads((tmp_path / "r.json").read_text())
+    rows = {row["name"]: row for row in report["files"]}
+    assert rows["poison.png"]["status"] == "failed" and rows["poison.png"]["attempts"] == 2
+    assert "failed  poison.png: its Ray worker died 2 times while restoring it" in result.stderr
+    assert all(rows[name]["status"] == "done" for name in names[:-1])
+    # The third file's death took the files beside it along: they were sent again, and written.
+    assert any(rows[name].get("attempts", 1) > 1 for name in names[:-1])
+    assert report["summary"]["failed"] == 1 and report["summary"]["done"] == 5 and report["summary"]["retried"] >= 2
+
+    assert sorted(_outputs(out)) == sorted(names[:-1])
+    assert all(cv2.imread(str(out / name), cv2.IMREAD_UNCHANGED) is not None for name in names[:-1])
+    assert not [path.name for path in out.iterdir() if ".tmp-" in path.name]
+
+
+def test_without_ray_installed_a_ray_run_exits_2_naming_the_extra(tmp_path: Path, checkpoint: Path) -> None:
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "__init__.py").write_text("raise ImportError('No module named ray')\n")
+    source = _folder(tmp_path / "in", ["a.png"])
+    python_path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    result = run(
+        "-m", "dinat_cli", "deblur", "--weights", checkpoint, source, tmp_path / "out", "--ray",
+        env={"PYTHONPATH": python_path},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: Ray is not installed; for --ray, --ray-address, --workers and cuda:all: pip install 'dinat-cli[ray]'"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"workers": 0}, "--workers 0"),
+        ({"ray": True, "device": "cuda:1"}, "--device cuda:1: Ray gives each worker its GPU"),
+        ({"gpus_per_worker": 1.0, "device": "cpu"}, "does not go with --device cpu"),
+        pytest.param(
+            {"device": "cuda:all"},
+            "--device cuda:all: this machine has no CUDA GPU",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible"),
+        ),
+    ],
+)
+def test_bad_ray_options_are_refused_before_ray_starts(options: dict, message: str) -> None:
+    asked = {"ray": False, "address": None, "workers": None, "gpus_per_worker": None, "device": "auto", **options}
+    with pytest.raises(UsageError, match=re.escape(message)):
+        ClusterOptions.requested(**asked)
+
+
+def test_plain_options_ask_for_no_ray() -> None:
+    assert ClusterOptions.requested(ray=False, address=None, workers=None, gpus_per_worker=None, device="cpu") is None
+
+
+def test_an_address_where_nothing_listens_is_refused_at_once(checkpoint: Path, ray_installed: None) -> None:
+    with (
+        pytest.raises(UsageError, match="--ray-address 127.0.0.1:9: no Ray cluster answers there"),
+        WorkerPool.start(checkpoint, {}, ClusterOptions(address="127.0.0.1:9")),
+    ):
+        pass
