@@ -70,6 +70,9 @@ def na2d(
     # Kernels compiled for symbolic strides cannot prove D contiguous and stop
     # vectorising: the model's q, k, v (views of one qkv tensor) ran 1.4x slower.
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    # Dynamo keeps a Parameter's shape static, and through it the number of heads:
+    # a plain tensor lets one graph serve every head count above one.
+    rpb = None if rpb is None else rpb.detach()
     key_rows, bias_rows = axis_windows(q.shape[2], kernel_size, dilation, q.device)
     key_cols, bias_cols = axis_windows(q.shape[3], kernel_size, dilation, q.device)
     return _compiled_na2d(

@@ -143,6 +143,10 @@ def _prepare_compiler() -> None:
     # Inductor reads the variable at each cache access, so setting it before the first
     # compile is enough.
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = compile_cache_dir()
+    # Past dynamo's limit (8 graphs per function) it would run the fused expression
+    # eagerly, storing K*K copies of the keys; the network needs a graph per precision,
+    # for one head and for several, and for square and oblong maps.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
 
 
 _COMPILE_ERRORS: tuple[type[BaseException], ...] = (
