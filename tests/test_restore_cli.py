@@ -309,3 +309,11 @@ def test_every_command_help_shows_an_example() -> None:
     for command in ("deblur", "defocus", "denoise", "derain"):
         result = run_cli(command, "--help")
         assert result.returncode == 0 and f"Example: dinat {command}" in result.stdout
+
+
+def test_defocus_gt_scores_with_the_dpdd_protocol(tmp_path: Path, checkpoint: Path) -> None:
+    source = _clean_folder(tmp_path / "in", count=1)
+    result = run_cli("defocus", "--weights", checkpoint, source, tmp_path / "out", "--gt", source, "--json")
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(result.stdout)["files"][0]
+    assert {"psnr", "ssim", "mae"} <= scores.keys()

@@ -36,6 +36,8 @@ TASKS = (
         "defocus",
         "Remove defocus blur; --dual-pixel takes DPDD left/right views.",
         "dinat defocus --dual-pixel dpdd_test/ out/   (folders inputL/ and inputR/)",
+        # Both papers score single-image and dual-pixel DPDD results the same way.
+        protocol="dpdd",
     ),
     Task("denoise", "Remove real camera noise (SIDD-trained).", "dinat denoise --tile 512 noisy/ clean/"),
     Task("derain", "Remove rain streaks (Rain13K-trained).", "dinat derain --gt gt/ rainy/ out/", y_channel=True),
@@ -148,7 +150,7 @@ def restore(
     if share is not None:
         jobs = share.select(jobs)
     ground_truth = batch.GroundTruth(gt) if gt is not None else None
-    protocol = "dpdd" if dual_pixel else task.protocol
+    protocol = task.protocol
     metrics.check_options(protocol, task.y_channel, 0)
     if report is not None:
         reports.check_report_path(report)
