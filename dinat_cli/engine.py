@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dinat_cli import checkpoints
+from dinat_cli import checkpoints, ops
 from dinat_cli.errors import DinatError, UsageError
 from dinat_cli.model import SIZE_MULTIPLE
 from dinat_cli.tiling import run_tiled
@@ -107,8 +107,13 @@ class Restorer:
         tile: str | int | None = "auto",
         tile_overlap: int = DEFAULT_OVERLAP,
         batch_size: int = 1,
+        attention: str = "auto",
     ) -> None:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        # A backend that cannot run here (no compiler, no CUDA) fails now, before any work.
+        self.attention = ops.resolve_backend(attention, self.device)
+        if hasattr(model, "set_attention"):
+            model.set_attention(None if attention == "auto" else attention)
         self.dtype = resolve_precision(precision, self.device)
         self.tile = parse_tile(tile)
         if tile_overlap < 0 or tile_overlap % 2:

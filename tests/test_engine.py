@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -39,7 +41,7 @@ def test_tiles_cover_evenly_with_at_least_the_overlap() -> None:
     for length in (257, 600, 1024, 4000):
         starts = tile_starts(length, 256, 64)
         assert starts[0] == 0 and starts[-1] == length - 256
-        assert all(0 < b - a <= 256 - 64 for a, b in zip(starts, starts[1:], strict=False))
+        assert all(0 < b - a <= 256 - 64 for a, b in itertools.pairwise(starts))
 
 
 def test_padding_mirrors_and_crops_back() -> None:
@@ -141,3 +143,12 @@ def test_device_and_precision_defaults_on_cpu() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(UsageError, match="no CUDA GPU"):
             resolve_device("cuda:0")
+
+
+def test_attention_backend_is_pinned_on_the_model_and_checked_early(monkeypatch) -> None:
+    model = RestoreDiNAT(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1)
+    restorer = Restorer(model, device="cpu", attention="torch")
+    assert restorer.attention == "torch"
+    assert {layer.backend for layer in model.modules() if hasattr(layer, "backend")} == {"torch"}
+    with pytest.raises(UsageError, match="--attention flex is not available"):
+        Restorer(model, device="cpu", attention="flex")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from dinat_cli import batch, distributed, metrics, registry, reports
+from dinat_cli import batch, distributed, metrics, ops, registry, reports
 from dinat_cli.cli.app import app
 from dinat_cli.cli.progress import RunDisplay
 from dinat_cli.engine import DEFAULT_OVERLAP, Restorer
@@ -71,6 +71,7 @@ def _parameters(with_dual_pixel: bool) -> list[inspect.Parameter]:
         ),
         ("tile", str, _option("auto", "--tile", help="auto (from free memory), 0 (whole image) or tile size >= 256.")),
         ("tile_overlap", int, _option(DEFAULT_OVERLAP, "--tile-overlap", help="Pixels shared by neighbouring tiles.")),
+        ("attention", str, _option("auto", "--attention", help=f"Attention backend: {'|'.join(ops.BACKENDS)}.")),
         ("overwrite", bool, _option(False, "--overwrite", help="Redo outputs that exist (default: skip them).")),
         ("ext", str, _option("keep", "--ext", help=f"Output format: {'|'.join(EXT_CHOICES)}.")),
         ("suffix", str, _option("", "--suffix", help="Added to each output file's stem, e.g. _restored.")),
@@ -125,6 +126,7 @@ def restore(
     precision: str,
     tile: str,
     tile_overlap: int,
+    attention: str,
     overwrite: bool,
     ext: str,
     suffix: str,
@@ -163,6 +165,7 @@ def restore(
         "precision": precision,
         "tile": tile,
         "tile_overlap": tile_overlap,
+        "attention": attention,
     }
 
     def score(reference, image) -> dict[str, float]:
