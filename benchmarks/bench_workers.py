@@ -1,13 +1,15 @@
 """Files per second of `dinat deblur` on 1, 2 and 4 Ray CPU workers, and a plain local run, on one folder.
 
     python benchmarks/bench_workers.py [--files 24] [--size 64x96] [--dim 8] [--workers 1 2 4] [--skip-local]
+                                       [--attention auto|torch|compiled]
 
 Writes a folder of synthetic PNGs and a small random DiNAT-IR checkpoint (`--dim`; the
 official model is 48) to a temporary folder, then runs the command as a user would, once
 per worker count, each time into a fresh output folder. Prints, per run, the files per
 second while restoring (the summary's `images_per_second`, Ray start-up and model loading
-left out) and the wall-clock seconds of the whole command (start-up included). Ray runs
-need `pip install 'dinat-cli[ray]'`.
+left out, but not each process's first use of compiled attention kernels) and the
+wall-clock seconds of the whole command (start-up included). `--attention torch` (eager)
+spares every process that warm-up. Ray runs need `pip install 'dinat-cli[ray]'`.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=8)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--skip-local", action="store_true", help="no plain local run for comparison")
+    parser.add_argument("--attention", default="auto", help="attention backend of every run")
     args = parser.parse_args()
     height, width = (int(side) for side in args.size.lower().split("x"))
 
@@ -72,12 +75,12 @@ def main() -> None:
         root = Path(temporary)
         source = _write_folder(root / "in", args.files, height, width)
         weights = _write_checkpoint(root / "w.pth", args.dim)
-        print(f"{args.files} files of {height}x{width} px, dim {args.dim}, torch {torch.__version__}, CPU")
+        print(f"{args.files} files of {height}x{width} px, dim {args.dim}, --attention {args.attention}")
         print(f"{'run':<22}{'files/s':>10}{'wall s':>10}")
         runs = [] if args.skip_local else [("local (all threads)", [])]
         runs += [(f"ray, {count} worker(s)", ["--workers", str(count), "--device", "cpu"]) for count in args.workers]
         for index, (name, extra) in enumerate(runs):
-            rate, wall = _run(weights, source, root / f"out{index}", extra)
+            rate, wall = _run(weights, source, root / f"out{index}", [*extra, "--attention", args.attention])
             print(f"{name:<22}{rate:>10.2f}{wall:>10.1f}", flush=True)
 
 

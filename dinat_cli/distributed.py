@@ -64,7 +64,7 @@ class ClusterOptions:
             return None
         if workers is not None and workers < 1:
             raise UsageError(f"--workers {workers}: expected 1 or more")
-        if gpus_per_worker is not None and not 0 <= gpus_per_worker <= 64:
+        if gpus_per_worker is not None and gpus_per_worker < 0:
             raise UsageError(f"--gpus-per-worker {gpus_per_worker}: expected a number from 0 (CPU workers) up")
         if device.startswith("cuda:") and device != "cuda:all":
             raise UsageError(f"--device {device}: Ray gives each worker its GPU; use --device cuda or cuda:all")

@@ -24,9 +24,9 @@ from dinat_cli.errors import UsageError
 from dinat_cli.model import RestoreDiNAT
 
 SMALL = {"dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1, "chan_adapt": True}
-# The compiled attention kernels cost every new process a cache warm-up of seconds, every
-# restarted worker included; these tests are about distribution, so attention runs eagerly.
-FAST_START = {"TORCHDYNAMO_DISABLE": "1"}
+# Compiled attention costs every new process, each restarted worker included, a warm-up of
+# seconds; these tests are about distribution, so attention runs eagerly.
+EAGER = ("--attention", "torch")
 
 # Run as a script, so that Ray ships this worker class to its processes by value.
 DYING_DINAT = """
@@ -74,8 +74,7 @@ def ray_installed() -> None:
 
 def run(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     command = [sys.executable, *map(str, args)]
-    env = {**os.environ, **FAST_START, **(env or {})}  # Ray's workers inherit it from the driver
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -115,12 +114,13 @@ def test_two_ray_workers_write_the_same_bytes_as_a_local_run(
     source = _folder(tmp_path / "in", ["a.png", "b.png", "sub/c.png", "d.png"], size=(32, 40))
     # torch's float32 sums depend on how many threads split them: one thread, as each worker has.
     local = run(
-        "-m", "dinat_cli", "deblur", "--weights", checkpoint, source, tmp_path / "local", "-q",
+        "-m", "dinat_cli", "deblur", "--weights", checkpoint, source, tmp_path / "local", "-q", *EAGER,
         env={"OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     assert local.returncode == 0, local.stderr
     ray = run(
-        "-m", "dinat_cli", "deblur", "--weights", checkpoint, source, tmp_path / "ray", "--workers", "2", "--json"
+        "-m", "dinat_cli", "deblur", "--weights", checkpoint, source, tmp_path / "ray", "--workers", "2", "--json",
+        *EAGER,
     )  # fmt: skip
     assert ray.returncode == 0, ray.stderr
     assert _outputs(tmp_path / "ray") == _outputs(tmp_path / "local") and len(_outputs(tmp_path / "ray")) == 4
@@ -143,7 +143,7 @@ def test_workers_that_die_mid_run_lose_no_file_and_never_fake_one(
     script.write_text(DYING_DINAT)
     result = run(
         script, "denoise", "--weights", checkpoint, source, out, "--workers", "2", "--report", tmp_path / "r.json",
-        env={"DINAT_TEST_MARKER": str(tmp_path / "died-once")},
+        *EAGER, env={"DINAT_TEST_MARKER": str(tmp_path / "died-once")},
     )  # fmt: skip
     assert result.returncode == 1, result.stderr
     assert (tmp_path / "died-once").exists()
