@@ -16,7 +16,7 @@ import os
 import queue
 import threading
 import time
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -440,18 +440,11 @@ def remove_temporaries_of(jobs: Sequence[Job]) -> int:
 
     Only call it when nothing is writing these outputs: a file in flight looks the same.
     """
-    names: defaultdict[Path, set[str]] = defaultdict(set)
-    for job in jobs:
-        names[job.output.parent].add(job.output.name)
     removed = 0
-    for folder, outputs in names.items():
-        with contextlib.suppress(FileNotFoundError), os.scandir(folder) as entries:
-            for entry in entries:
-                # io names them ".<output name>.tmp-<random>" beside the output.
-                stem, marker, _ = entry.name.partition(io._TEMP_MARKER)
-                if marker and stem[:1] == "." and stem[1:] in outputs and entry.is_file():
-                    Path(entry.path).unlink(missing_ok=True)
-                    removed += 1
+    for job in jobs:
+        for path in io.temporaries_of(job.output):
+            path.unlink(missing_ok=True)
+            removed += 1
     return removed
 
 

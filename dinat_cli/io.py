@@ -288,6 +288,12 @@ def _replace_atomically(path: Path, data: bytes) -> None:
         raise
 
 
+def temporaries_of(output: Path) -> list[Path]:
+    """Temporary files that writes of output left behind (runs killed mid-write)."""
+    output = Path(output)
+    return [path for path in output.parent.glob(f".{glob.escape(output.name)}{_TEMP_MARKER}*") if path.is_file()]
+
+
 def remove_stale_temporaries(folder: Path) -> int:
     """Delete temporary files a killed run (kill -9, power loss) left under folder; returns how many.
 
