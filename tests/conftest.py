@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 GOLDEN_DIR = Path(os.environ.get("DINAT_GOLDEN", PROJECT_ROOT.parent / "shared" / "golden"))
@@ -31,3 +32,20 @@ def load_golden(golden_dir: Path):
         return np.load(golden_dir / name, allow_pickle=False)
 
     return load
+
+
+@pytest.fixture(scope="session")
+def na2d_case(load_golden):
+    """One operator case of na2d_ops.npz as tensors plus its kernel size, dilation and scale."""
+
+    def case(name: str) -> dict:
+        data = load_golden("na2d_ops.npz")
+        arrays = {key: torch.from_numpy(data[f"{name}/{key}"]) for key in ("q", "k", "v", "rpb", "out")}
+        arrays.update(
+            kernel_size=int(data[f"{name}/kernel_size"]),
+            dilation=int(data[f"{name}/dilation"]),
+            scale=float(data[f"{name}/scale"]),
+        )
+        return arrays
+
+    return case

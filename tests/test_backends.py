@@ -23,17 +23,6 @@ CASES = [f"case{i}" for i in range(8)]
 CONCRETE = [name for name in ops.BACKENDS if name != "auto"]
 
 
-def _case(load_golden, case: str) -> dict:
-    data = load_golden("na2d_ops.npz")
-    arrays = {name: torch.from_numpy(data[f"{case}/{name}"]) for name in ("q", "k", "v", "rpb", "out")}
-    arrays.update(
-        kernel_size=int(data[f"{case}/kernel_size"]),
-        dilation=int(data[f"{case}/dilation"]),
-        scale=float(data[f"{case}/scale"]),
-    )
-    return arrays
-
-
 def _skip_unavailable(name: str) -> None:
     reason = backends.unavailable_reason(name, "cpu")
     if reason is not None:
@@ -42,20 +31,20 @@ def _skip_unavailable(name: str) -> None:
 
 @pytest.mark.parametrize("backend", CONCRETE)
 @pytest.mark.parametrize("case", CASES)
-def test_backend_matches_natten_float32(load_golden, backend: str, case: str) -> None:
+def test_backend_matches_natten_float32(na2d_case, backend: str, case: str) -> None:
     _skip_unavailable(backend)
-    c = _case(load_golden, case)
+    c = na2d_case(case)
     with ops.use_backend(backend):
         out = ops.na2d(c["q"], c["k"], c["v"], c["kernel_size"], c["dilation"], rpb=c["rpb"], scale=c["scale"])
     assert (out - c["out"]).abs().max().item() <= 1e-5
 
 
 @pytest.mark.parametrize("case", ["case0", "case1", "case4", "case6"])
-def test_flex_masks_and_bias_match_natten(load_golden, monkeypatch, case: str) -> None:
+def test_flex_masks_and_bias_match_natten(na2d_case, monkeypatch, case: str) -> None:
     # flex runs compiled on CUDA only; its mask and score modification are checked
     # here through flex_attention's eager (dense) implementation, on small maps.
     monkeypatch.setattr(flex, "_compiled_flex", lambda *args, fallback, **kwargs: flex._flex_attention(*args, **kwargs))
-    c = _case(load_golden, case)
+    c = na2d_case(case)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "flex_attention called without torch.compile"
         out = flex.na2d_flex(c["q"], c["k"], c["v"], c["kernel_size"], c["dilation"], c["rpb"], c["scale"])

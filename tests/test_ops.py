@@ -11,20 +11,9 @@ from dinat_cli.ops.windows import axis_windows
 CASES = [f"case{i}" for i in range(8)]
 
 
-def _case(load_golden, case: str) -> dict:
-    data = load_golden("na2d_ops.npz")
-    arrays = {name: torch.from_numpy(data[f"{case}/{name}"]) for name in ("q", "k", "v", "rpb", "out")}
-    arrays.update(
-        kernel_size=int(data[f"{case}/kernel_size"]),
-        dilation=int(data[f"{case}/dilation"]),
-        scale=float(data[f"{case}/scale"]),
-    )
-    return arrays
-
-
 @pytest.mark.parametrize("case", CASES)
-def test_matches_natten_float32(load_golden, case: str) -> None:
-    c = _case(load_golden, case)
+def test_matches_natten_float32(na2d_case, case: str) -> None:
+    c = na2d_case(case)
     out = na2d(c["q"], c["k"], c["v"], c["kernel_size"], c["dilation"], rpb=c["rpb"], scale=c["scale"])
     assert out.dtype == torch.float32
     assert (out - c["out"]).abs().max().item() <= 1e-5
@@ -33,8 +22,8 @@ def test_matches_natten_float32(load_golden, case: str) -> None:
 # Outputs reach |3|: that is about 3 units in the last place of each format there.
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float16, 6e-3), (torch.bfloat16, 5e-2)])
 @pytest.mark.parametrize("case", ["case0", "case3", "case5"])
-def test_half_precision_close_to_natten(load_golden, case: str, dtype: torch.dtype, tolerance: float) -> None:
-    c = _case(load_golden, case)
+def test_half_precision_close_to_natten(na2d_case, case: str, dtype: torch.dtype, tolerance: float) -> None:
+    c = na2d_case(case)
     q, k, v, rpb = (c[name].to(dtype) for name in ("q", "k", "v", "rpb"))
     out = na2d(q, k, v, c["kernel_size"], c["dilation"], rpb=rpb, scale=c["scale"])
     assert out.dtype == dtype
