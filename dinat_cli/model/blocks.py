@@ -49,12 +49,15 @@ class TransBlock(nn.Module):
 
     def channel_modulation(self, x: torch.Tensor) -> torch.Tensor:
         """Sigmoid gate per channel (per pixel under TLC), from pooled channel statistics."""
-        pooled = self.pool(x).permute(0, 2, 3, 1)  # (B, h, w, C): the 7-tap filter runs along C
+        means, padding = self.pool(x)
+        pooled = means.permute(0, 2, 3, 1)  # (B, h, w, C): the 7-tap filter runs along C
         # As windows times taps rather than F.conv1d: a one-channel conv1d over every
         # pixel's channel series falls to PyTorch's slow reference convolution.
         windows = F.pad(pooled, (3, 3)).unfold(-1, 7, 1)  # (B, h, w, C, 7)
         gate = windows @ self.conv.weight.reshape(7, 1).to(windows.dtype)
-        return torch.sigmoid(gate.squeeze(-1)).permute(0, 3, 1, 2)
+        gate = torch.sigmoid(gate.squeeze(-1)).permute(0, 3, 1, 2)
+        # The gate is per pixel, so padding it equals gating the padded means.
+        return F.pad(gate, padding, mode="replicate") if any(padding) else gate
 
 
 class DualTransBlock(nn.Module):

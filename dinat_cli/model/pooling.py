@@ -11,6 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# (left, right, top, bottom), as F.pad takes it for the last two dimensions.
+Padding = tuple[int, int, int, int]
+
 TLC_TRAIN_SIZE = 256
 TLC_BASE_SIZE = 384  # 1.5x the training crop
 
@@ -21,31 +24,39 @@ def tlc_kernel(downscale: int) -> int:
 
 
 class ChannelPool(nn.Module):
-    """Mean of each channel: over the whole map, or over a `kernel` box around each pixel."""
+    """Mean of each channel: over the whole map, or over a `kernel` box around each pixel.
+
+    Returns the means where the box fits and the replicate padding back to the map's size.
+    """
 
     def __init__(self, kernel: int | None = None) -> None:
         super().__init__()
         self.kernel = kernel
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Padding]:
+        """The means where the box fits, and the replicate padding that restores the map's size.
+
+        Per-pixel work on the means (the channel gate) can run before the padding: on a
+        512 px map with a 384 px box that is 129x129 positions instead of 512x512.
+        """
         height, width = x.shape[-2:]
         if self.kernel is None or (self.kernel >= height and self.kernel >= width):
-            return x.mean(dim=(-2, -1), keepdim=True)
-        return _local_mean(x, min(height, self.kernel), min(width, self.kernel))
+            return x.mean(dim=(-2, -1), keepdim=True), (0, 0, 0, 0)
+        mean = _local_mean(x, min(height, self.kernel), min(width, self.kernel))
+        missing_h, missing_w = height - mean.shape[-2], width - mean.shape[-1]
+        return mean, (missing_w // 2, (missing_w + 1) // 2, missing_h // 2, (missing_h + 1) // 2)
 
     def extra_repr(self) -> str:
         return "global" if self.kernel is None else f"local box {self.kernel}"
 
 
 def _local_mean(x: torch.Tensor, box_h: int, box_w: int) -> torch.Tensor:
-    """Box mean where the box fits, replicate-padded back to the input size.
+    """Box mean at every position where the box fits.
 
     Computed from an integral image in the same order as the official exact
     implementation (cumulative sums over W then H), whose rounding the checkpoints
     were evaluated with; the cost does not grow with the box.
     """
-    height, width = x.shape[-2:]
-    dtype = x.dtype
     integral = x.float().cumsum(dim=-1).cumsum(dim=-2)
     integral = F.pad(integral, (1, 0, 1, 0))
     sums = (
@@ -54,7 +65,4 @@ def _local_mean(x: torch.Tensor, box_h: int, box_w: int) -> torch.Tensor:
         - integral[..., :-box_h, box_w:]
         - integral[..., box_h:, :-box_w]
     )
-    mean = (sums / (box_h * box_w)).to(dtype)
-    missing_h, missing_w = height - mean.shape[-2], width - mean.shape[-1]
-    padding = (missing_w // 2, (missing_w + 1) // 2, missing_h // 2, (missing_h + 1) // 2)
-    return F.pad(mean, padding, mode="replicate")
+    return (sums / (box_h * box_w)).to(x.dtype)
