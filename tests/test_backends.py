@@ -14,7 +14,7 @@ from dinat_cli import ops
 from dinat_cli.cli.app import app
 from dinat_cli.errors import UsageError
 from dinat_cli.model import RestoreDiNAT
-from dinat_cli.ops import backends, flex, neighborhood
+from dinat_cli.ops import backends, flex, native, neighborhood
 from dinat_cli.ops.fused import na2d_fused
 from dinat_cli.ops.windows import axis_windows
 
@@ -60,7 +60,7 @@ def _psnr(output: torch.Tensor, reference: torch.Tensor) -> float:
 # softmax stay in float32. On the golden networks (random, deliberately hard weights)
 # bfloat16 measured 46-52 dB and float16 60-66 dB against natten's float32 outputs.
 @pytest.mark.parametrize("dtype, min_psnr", [(torch.bfloat16, 40.0), (torch.float16, 50.0)])
-@pytest.mark.parametrize("backend", ["torch", "compiled"])
+@pytest.mark.parametrize("backend", ["torch", "native", "compiled"])
 def test_half_precision_network_psnr(load_golden, backend: str, dtype: torch.dtype, min_psnr: float) -> None:
     _skip_unavailable(backend)
     data = load_golden("model_std_tlc.npz")
@@ -74,12 +74,86 @@ def test_half_precision_network_psnr(load_golden, backend: str, dtype: torch.dty
 
 def test_auto_falls_back_to_eager_without_a_compiler(monkeypatch) -> None:
     monkeypatch.setattr(backends, "compiler_unavailable_reason", lambda device_type: "no C++ compiler (test)")
+    monkeypatch.setattr(native, "unavailable_reason", lambda: "no C++ compiler (test)")
     assert ops.resolve_backend("auto", "cpu") == "torch"
     with pytest.raises(UsageError, match="no C\\+\\+ compiler"):
         ops.resolve_backend("compiled", "cpu")
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, 2, 12, 13, 8) for _ in range(3))
     assert torch.equal(ops.na2d(q, k, v, 7, 1), neighborhood.na2d(q, k, v, 7, 1))
+
+
+def test_native_reads_the_models_strided_views_and_writes_the_projections_layout() -> None:
+    _skip_unavailable("native")
+    torch.manual_seed(1)
+    qkv = torch.randn(2, 30, 33, 3, 3, 48)  # (B, H, W, q/k/v, heads, D), as the attention layer makes it
+    q, k, v = qkv.permute(3, 0, 4, 1, 2, 5).unbind(0)
+    rpb = torch.randn(3, 13, 13)
+    out = ops.na2d(q, k, v, 7, 4, rpb=rpb, backend="native")
+    expected = neighborhood.na2d(q.contiguous(), k.contiguous(), v.contiguous(), 7, 4, rpb=rpb)
+    assert (out - expected).abs().max().item() <= 1e-5
+    assert out.permute(0, 2, 3, 1, 4).is_contiguous()
+
+
+@pytest.mark.parametrize(
+    "heads, dim, kernel_size, dilation",
+    [(1, 96, 7, 1), (2, 20, 5, 2), (1, 400, 3, 1), (1, 16, 17, 1)],  # 20: padded; 400, K 17: beyond the variants
+)
+def test_native_matches_the_reference_for_any_head_size_and_window(heads, dim, kernel_size, dilation) -> None:
+    _skip_unavailable("native")
+    torch.manual_seed(2)
+    size = kernel_size * dilation + 3
+    q, k, v = (torch.randn(1, heads, size, size + 2, dim) for _ in range(3))
+    rpb = torch.randn(heads, 2 * kernel_size - 1, 2 * kernel_size - 1)
+    out = ops.na2d(q, k, v, kernel_size, dilation, rpb=rpb, backend="native")
+    expected = neighborhood.na2d(q, k, v, kernel_size, dilation, rpb=rpb)
+    assert (out - expected).abs().max().item() <= 1e-5
+
+
+def test_native_bfloat16_rounds_like_torch() -> None:
+    _skip_unavailable("native")
+    torch.manual_seed(3)
+    q, k, v = (torch.randn(1, 2, 20, 21, 32) for _ in range(3))
+    rpb = torch.randn(2, 13, 13)
+    exact = neighborhood.na2d(q, k, v, 7, 2, rpb=rpb)
+    half = ops.na2d(*(t.bfloat16() for t in (q, k, v)), 7, 2, rpb=rpb, backend="native")
+    assert half.dtype == torch.bfloat16
+    # bfloat16 inputs (8 bits of mantissa) against float32 ones: the outputs' rounding and the inputs'.
+    assert (half.float() - exact).abs().max().item() <= 0.05
+    # computed in float32 from the rounded inputs: equal to the reference on those inputs, up to the last rounding
+    reference = neighborhood.na2d(*(t.bfloat16().float() for t in (q, k, v)), 7, 2, rpb=rpb).bfloat16()
+    assert (half.float() - reference.float()).abs().max().item() <= 2 ** -7
+
+
+def test_native_build_failure_is_one_reason_and_auto_moves_on(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no cached build to fall back on
+    native._load.cache_clear()
+    try:
+        reason = native.unavailable_reason()
+        assert reason is not None and "could not be built" in reason and "\n" not in reason
+        assert ops.resolve_backend("auto", "cpu") != "native"
+        with pytest.raises(UsageError, match="--attention native is not available"):
+            ops.resolve_backend("native", "cpu")
+    finally:
+        native._load.cache_clear()
+    assert not list(tmp_path.glob("dinat/kernels/*.tmp"))
+
+
+def test_native_build_is_cached_per_machine(monkeypatch, tmp_path) -> None:
+    _skip_unavailable("native")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    native._load.cache_clear()
+    try:
+        assert native.unavailable_reason() is None
+        built = list(tmp_path.glob("dinat/kernels/na2d_cpu-*.so"))
+        assert len(built) == 1
+        mtime = built[0].stat().st_mtime_ns
+        native._load.cache_clear()
+        assert native.unavailable_reason() is None
+        assert [path.stat().st_mtime_ns for path in tmp_path.glob("dinat/kernels/*")] == [mtime]
+    finally:
+        native._load.cache_clear()
 
 
 def test_failed_compile_warns_once_and_runs_the_exact_fallback(monkeypatch) -> None:

@@ -59,6 +59,14 @@ def na2d(
         return neighborhood.na2d(q, k, v, kernel_size, dilation, rpb=rpb, scale=scale)
     neighborhood.check_inputs(q, k, v, kernel_size, dilation, rpb)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if name == "native":
+        from dinat_cli.ops.native import na2d_native
+
+        out = na2d_native(q, k, v, kernel_size, dilation, rpb, scale)
+        if out is not None:
+            return out
+        # A head dimension or window beyond the kernel's variants: the exact reference.
+        return neighborhood.na2d(q, k, v, kernel_size, dilation, rpb=rpb, scale=scale)
     if name == "natten":
         from dinat_cli.ops.natten_backend import na2d_natten
 

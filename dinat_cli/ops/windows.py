@@ -46,3 +46,14 @@ def axis_windows(
     """Key positions and bias indices, each `(length, kernel_size)` int64, for one axis."""
     keys, bias = _axis_windows_cpu(length, kernel_size, dilation)
     return keys.to(device), bias.to(device)
+
+
+@lru_cache(maxsize=256)
+def group_order(length: int, dilation: int) -> torch.Tensor:
+    """Positions `0..length-1` grouped by dilation group: 0, d, 2d, ..., 1, 1 + d, ...
+
+    Walking queries in this order, each step's window shares all but one key row with
+    the previous one's.
+    """
+    position = torch.arange(length)
+    return torch.cat([position[group::dilation] for group in range(min(dilation, length))])

@@ -1,0 +1,170 @@
+"""The `native` backend: the C++ kernel in `na2d_cpu.cpp`, built for this CPU on first use.
+
+It is built with the system C++ compiler (`$CXX`, else `c++`), loaded with ctypes and
+kept in the user cache (`kernels/`) under a name hashed from the source, the compiler,
+the flags and the CPU, so a machine pays the build (about 2 s) once. It computes what
+the reference computes, query by query, without the K*K copies of keys an eager
+gather makes, and runs on `torch.get_num_threads()` threads with the GIL released.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from dinat_cli.ops.windows import axis_windows, group_order
+
+_SOURCE = Path(__file__).with_name("na2d_cpu.cpp")
+_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread")
+_NATIVE_DTYPES = (torch.float32, torch.bfloat16)
+_I64 = ctypes.c_int64
+_PTR = ctypes.c_void_p
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+
+
+def _cpu_identity() -> str:
+    # A cache folder shared by machines of different CPUs must not hand one the other's build.
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    return platform.processor() or platform.machine()
+
+
+def _build(compiler: str) -> Path:
+    from dinat_cli.registry import cache_dir
+
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
+    key = hashlib.sha256(
+        "\0".join([_SOURCE.read_text(), compiler, version, *_FLAGS, _cpu_identity()]).encode()
+    ).hexdigest()[:16]
+    folder = cache_dir() / "kernels"
+    library = folder / f"na2d_cpu-{key}.so"
+    if library.exists():
+        return library
+    folder.mkdir(parents=True, exist_ok=True)
+    # Build beside the target, then rename: processes building at once never load half a file.
+    handle, partial = tempfile.mkstemp(dir=folder, suffix=".so.tmp")
+    os.close(handle)
+    try:
+        result = subprocess.run(
+            [compiler, *_FLAGS, str(_SOURCE), "-o", partial], capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:
+            first_error = next((line for line in result.stderr.splitlines() if "error" in line), result.stderr.strip())
+            raise OSError(f"{compiler} failed: {first_error[:300]}")
+        os.replace(partial, library)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)
+    return library
+
+
+@functools.cache
+def _load() -> tuple[ctypes.CDLL | None, str | None]:
+    compiler = _compiler()
+    if compiler is None:
+        return None, "no C++ compiler found (set CXX)"
+    try:
+        library = ctypes.CDLL(str(_build(compiler)))
+    except OSError as error:
+        return None, f"the native kernel could not be built: {error}"
+    library.na2d_forward.restype = ctypes.c_int
+    library.na2d_forward.argtypes = [ctypes.c_int, *[_PTR] * 8, *[_I64] * 6, *[_PTR] * 6, ctypes.c_float, ctypes.c_int]
+    return library, None
+
+
+def unavailable_reason() -> str | None:
+    """Why the native kernel cannot run here (building it on first use), or None."""
+    return _load()[1]
+
+
+@functools.cache
+def supported_dims() -> tuple[int, ...]:
+    """Head dimensions the kernel has a variant for; others are zero-padded to the next one."""
+    library, _ = _load()
+    if library is None:
+        return ()
+    dims = (_I64 * 32)()
+    return tuple(dims[: library.na2d_dims(dims, 32)])
+
+
+def _strides(tensor: torch.Tensor) -> ctypes.Array:
+    return (_I64 * 4)(*tensor.stride()[:4])
+
+
+def na2d_native(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kernel_size: int,
+    dilation: int,
+    rpb: torch.Tensor | None,
+    scale: float,
+) -> torch.Tensor | None:
+    """`(B, heads, H, W, D)` attention outputs, or None where the kernel has no variant (D, K too large).
+
+    Inputs are validated by the caller. The output is laid out `(B, H, W, heads, D)` in
+    memory, which is what the attention layer's output projection reads.
+    """
+    library, reason = _load()
+    if library is None:
+        raise RuntimeError(reason)
+    dim = q.shape[-1]
+    padded_dim = next((size for size in supported_dims() if size >= dim), None)
+    if padded_dim is None or kernel_size > 15:
+        return None
+    dtype = q.dtype
+    compute = dtype if dtype in _NATIVE_DTYPES else torch.float32
+    # Zero channels add nothing to the dot products and produce outputs that are cut off.
+    q, k, v = (F.pad(t.to(compute), (0, padded_dim - dim)) if padded_dim != dim else t.to(compute) for t in (q, k, v))
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    batch, heads, height, width, _ = q.shape
+    out = torch.empty(batch, height, width, heads, padded_dim, dtype=compute).permute(0, 3, 1, 2, 4)
+    key_rows, bias_rows = axis_windows(height, kernel_size, dilation)
+    key_cols, bias_cols = axis_windows(width, kernel_size, dilation)
+    rows = group_order(height, dilation)
+    bias = None if rpb is None else rpb.detach().float().contiguous()
+    status = library.na2d_forward(
+        int(compute == torch.bfloat16),
+        q.data_ptr(),
+        k.data_ptr(),
+        v.data_ptr(),
+        out.data_ptr(),
+        _strides(q),
+        _strides(k),
+        _strides(v),
+        _strides(out),
+        batch,
+        heads,
+        height,
+        width,
+        padded_dim,
+        kernel_size,
+        key_rows.data_ptr(),
+        key_cols.data_ptr(),
+        bias_rows.data_ptr(),
+        bias_cols.data_ptr(),
+        rows.data_ptr(),
+        None if bias is None else bias.data_ptr(),
+        scale,
+        torch.get_num_threads(),
+    )
+    if status != 0:
+        return None
+    out = out[..., :dim] if padded_dim != dim else out
+    return out.to(dtype)
