@@ -146,7 +146,7 @@ def test_native_build_is_cached_per_machine(monkeypatch, tmp_path) -> None:
     native._load.cache_clear()
     try:
         assert native.unavailable_reason() is None
-        built = list(tmp_path.glob("dinat/kernels/na2d_cpu-*.so"))
+        built = list(tmp_path.glob("dinat/kernels/cpu_kernels-*.so"))
         assert len(built) == 1
         mtime = built[0].stat().st_mtime_ns
         native._load.cache_clear()

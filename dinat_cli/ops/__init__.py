@@ -20,12 +20,14 @@ from dinat_cli.ops.backends import (
     validate_backend,
 )
 from dinat_cli.ops.fused import na2d_fused
+from dinat_cli.ops.gated import gated_dwconv_gelu
 from dinat_cli.ops.windows import axis_windows
 
 __all__ = [
     "BACKENDS",
     "available_backends",
     "current_backend",
+    "gated_dwconv_gelu",
     "na2d",
     "resolve_backend",
     "set_backend",

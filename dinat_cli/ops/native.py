@@ -1,10 +1,14 @@
-"""The `native` backend: the C++ kernel in `na2d_cpu.cpp`, built for this CPU on first use.
+"""CPU kernels in C++ (`cpu_kernels.cpp`), built for this CPU on first use.
 
-It is built with the system C++ compiler (`$CXX`, else `c++`), loaded with ctypes and
-kept in the user cache (`kernels/`) under a name hashed from the source, the compiler,
-the flags and the CPU, so a machine pays the build (about 2 s) once. It computes what
-the reference computes, query by query, without the K*K copies of keys an eager
-gather makes, and runs on `torch.get_num_threads()` threads with the GIL released.
+- `na2d_native`: the `native` attention backend. It computes what the reference
+  computes, query by query, without the K*K copies of keys an eager gather makes.
+- `gated_dwconv_gelu`: the feed-forward network's depth-wise convolution, GELU gate and
+  product in one pass over the hidden map.
+
+The library is built with the system C++ compiler (`$CXX`, else `c++`), loaded with
+ctypes and kept in the user cache (`kernels/`) under a name hashed from the source, the
+compiler, the flags and the CPU, so a machine pays the build (about 3 s) once. Kernels
+run on `torch.get_num_threads()` threads with the GIL released.
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ import torch.nn.functional as F
 
 from dinat_cli.ops.windows import axis_windows, group_order
 
-_SOURCE = Path(__file__).with_name("na2d_cpu.cpp")
-_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread")
+_SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
+_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fopenmp")
 _NATIVE_DTYPES = (torch.float32, torch.bfloat16)
 _I64 = ctypes.c_int64
 _PTR = ctypes.c_void_p
@@ -53,7 +57,7 @@ def _build(compiler: str) -> Path:
         "\0".join([_SOURCE.read_text(), compiler, version, *_FLAGS, _cpu_identity()]).encode()
     ).hexdigest()[:16]
     folder = cache_dir() / "kernels"
-    library = folder / f"na2d_cpu-{key}.so"
+    library = folder / f"cpu_kernels-{key}.so"
     if library.exists():
         return library
     folder.mkdir(parents=True, exist_ok=True)
@@ -85,12 +89,53 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
         return None, f"the native kernel could not be built: {error}"
     library.na2d_forward.restype = ctypes.c_int
     library.na2d_forward.argtypes = [ctypes.c_int, *[_PTR] * 8, *[_I64] * 6, *[_PTR] * 6, ctypes.c_float, ctypes.c_int]
+    library.gated_dwconv_gelu.restype = ctypes.c_int
+    library.gated_dwconv_gelu.argtypes = [ctypes.c_int, *[_PTR] * 4, *[_I64] * 6, _PTR, _PTR, ctypes.c_int]
     return library, None
 
 
 def unavailable_reason() -> str | None:
-    """Why the native kernel cannot run here (building it on first use), or None."""
+    """Why the native kernels cannot run here (building them on first use), or None."""
     return _load()[1]
+
+
+def gated_dwconv_gelu(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, first: int, rows: int
+) -> torch.Tensor:
+    """`gelu(dw(gates)) * dw(values)` for `rows` rows of a channels-last `(B, 2C, R, W)` map.
+
+    Output row i is centred on input row `first + i`; rows beyond the input are zeros,
+    as the convolution's padding is at the image's top and bottom. `weight` is the
+    depth-wise `(2C, 1, 3, 3)`, `bias` `(2C,)` or None. Returns `(B, C, rows, W)` channels-last.
+    """
+    library, reason = _load()
+    if library is None:
+        raise RuntimeError(reason)
+    dtype = hidden.dtype if hidden.dtype in _NATIVE_DTYPES else torch.float32
+    x = hidden.to(dtype)
+    if x.stride(1) != 1:
+        x = x.contiguous(memory_format=torch.channels_last)
+    batch, channels, rows_in, width = x.shape
+    out = torch.empty(batch, channels // 2, rows, width, dtype=dtype, memory_format=torch.channels_last)
+    taps = weight.detach().float().reshape(channels, 9).t().contiguous()
+    bias = None if bias is None else bias.detach().float().contiguous()
+    library.gated_dwconv_gelu(
+        int(dtype == torch.bfloat16),
+        x.data_ptr(),
+        out.data_ptr(),
+        (_I64 * 3)(x.stride(0), x.stride(2), x.stride(3)),
+        (_I64 * 3)(out.stride(0), out.stride(2), out.stride(3)),
+        batch,
+        rows,
+        rows_in,
+        first,
+        width,
+        channels // 2,
+        taps.data_ptr(),
+        None if bias is None else bias.data_ptr(),
+        torch.get_num_threads(),
+    )
+    return out.to(hidden.dtype)
 
 
 @functools.cache

@@ -1,15 +1,15 @@
-// Dilated neighbourhood attention on CPU: the `native` backend's kernel (see native.py).
-//
-// One query at a time: logits against the K*K keys of its window plus the relative
-// position bias, softmax in float32, weighted sum of the values. The head dimension is
-// processed in 16-lane vectors (GCC/Clang vector extensions, compiled for the host CPU),
-// so D must be a multiple of 16; native.py pads other sizes. float32 and bfloat16
+// CPU kernels built for the host on first use (see native.py), for float32 and bfloat16
 // tensors; bfloat16 is computed in float32 and rounded to nearest even on store.
+// Vectors are 16 float lanes (GCC/Clang vector extensions, lowered to the host's SIMD).
+//
+// - na2d_forward: dilated neighbourhood attention, the `native` attention backend.
+// - gated_dwconv_gelu: the GDFN's 3x3 depth-wise convolution, GELU gate and product,
+//   one pass over the hidden map instead of four.
 
 #include <cmath>
 #include <cstdint>
-#include <thread>
-#include <vector>
+
+#include <omp.h>
 
 namespace {
 
@@ -25,7 +25,33 @@ inline f32x16 vmax(f32x16 a, f32x16 b) {
     i32x16 greater = a > b;
     return (f32x16)(((i32x16)a & greater) | ((i32x16)b & ~greater));
 }
+inline f32x16 vmin(f32x16 a, f32x16 b) {
+    i32x16 less = a < b;
+    return (f32x16)(((i32x16)a & less) | ((i32x16)b & ~less));
+}
+inline float vmax(float a, float b) { return a > b ? a : b; }
+inline float vmin(float a, float b) { return a < b ? a : b; }
+inline float load1(const float *p) { return *p; }
+inline float load1(const uint16_t *p) {
+    uint32_t bits = uint32_t(*p) << 16;
+    float x;
+    __builtin_memcpy(&x, &bits, 4);
+    return x;
+}
+inline void store(float *p, float x) { *p = x; }
+inline void store(uint16_t *p, float x) {
+    uint32_t u;
+    __builtin_memcpy(&u, &x, 4);
+    *p = (u & 0x7fffffffu) > 0x7f800000u ? uint16_t((u >> 16) | 0x40u) : uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
 inline f32x16 load(const float *p) { return *(const f32x16u *)p; }
+inline f32x16 load(const uint16_t *p);
+// One float or one vector of 16, from float32 or bfloat16 memory.
+template <typename V, typename T>
+inline V load_as(const T *p) {
+    if constexpr (sizeof(V) == sizeof(float)) return load1(p);
+    else return load(p);
+}
 inline f32x16 load(const uint16_t *p) { return (f32x16)(__builtin_convertvector(*(const u16x16u *)p, u32x16) << 16); }
 inline void store(float *p, f32x16 x) { *(f32x16u *)p = x; }
 inline void store(uint16_t *p, f32x16 x) {
@@ -70,6 +96,46 @@ inline f32x16 exp_nonpositive(f32x16 x) {
     p = p * r * r + r + 1.0f;
     i32x16 bits = (__builtin_convertvector(n, i32x16) + 127) << 23;
     return p * (f32x16)bits;
+}
+
+// erf as a rational function on [-4, 4] (beyond, erf is +-1 in float32); abs error 4e-7.
+// The coefficients are Eigen's generic_fast_erf_float (also XLA's).
+template <typename V>
+inline V erf(V x) {
+    x = vmin(vmax(x, V{} - 4.0f), V{} + 4.0f);
+    const V x2 = x * x;
+    V p = V{} - 2.72614225801306e-10f;
+    p = p * x2 + 2.77068142495902e-08f;
+    p = p * x2 - 2.10102402082508e-06f;
+    p = p * x2 - 5.69250639462346e-05f;
+    p = p * x2 - 7.34990630326855e-04f;
+    p = p * x2 - 2.95459980854025e-03f;
+    p = p * x2 - 1.60960333262415e-02f;
+    V q = V{} - 1.45660718464996e-05f;
+    q = q * x2 - 2.13374055278905e-04f;
+    q = q * x2 - 1.68282697438203e-03f;
+    q = q * x2 - 7.37332916720468e-03f;
+    q = q * x2 - 1.42647390514189e-02f;
+    return x * p / q;
+}
+
+// The exact (erf) GELU, as torch.nn.functional.gelu computes it by default.
+template <typename V>
+inline V gelu(V x) {
+    return 0.5f * x * (1.0f + erf(x * 0.70710678118654752f));
+}
+
+// fn(begin, end) over [0, count) split into contiguous parts, one per thread. OpenMP,
+// because torch's own libgomp is already loaded and this library binds to it: the
+// threads are torch's, not a second pool competing with torch's spinning workers.
+template <typename Fn>
+void parallel_for(int64_t count, int threads, const Fn &fn) {
+    const int workers = int(threads < 1 ? 1 : (threads > count ? count : threads));
+#pragma omp parallel num_threads(workers)
+    {
+        const int64_t w = omp_get_thread_num(), n = omp_get_num_threads();
+        fn(count * w / n, count * (w + 1) / n);
+    }
 }
 
 constexpr int64_t kMaxKernel = 15;
@@ -158,13 +224,8 @@ void attend_rows(const Problem &p, int64_t begin, int64_t end) {
 
 template <typename T, int CH>
 void run(const Problem &p, int threads) {
-    const int64_t rows = p.batch * p.heads * p.height;
-    const int64_t workers = threads < 1 ? 1 : (threads > rows ? rows : threads);
-    std::vector<std::thread> pool;
-    for (int64_t w = 1; w < workers; w++)
-        pool.emplace_back(attend_rows<T, CH>, std::cref(p), rows * w / workers, rows * (w + 1) / workers);
-    attend_rows<T, CH>(p, 0, rows / workers);
-    for (auto &thread : pool) thread.join();
+    parallel_for(p.batch * p.heads * p.height, threads,
+                 [&p](int64_t begin, int64_t end) { attend_rows<T, CH>(p, begin, end); });
 }
 
 template <typename T>
@@ -183,9 +244,76 @@ int dispatch(const Problem &p, int threads) {
     }
 }
 
+struct GatedConv {
+    const void *x;  // (B, rows_in, W, 2 * hidden) with unit channel stride: gates, then values
+    void *out;      // (B, rows, W, hidden) with unit channel stride
+    const int64_t *x_strides, *out_strides;  // batch, row, column (elements)
+    int64_t batch, rows, rows_in, first, width, hidden;
+    const float *weight;  // (9, 2 * hidden): tap-major, so a tap's channels are contiguous
+    const float *bias;    // (2 * hidden) or null
+};
+
+// gelu(conv(gates)) * conv(values) at one pixel, for channels [c, c + lanes of V).
+template <typename V, typename T>
+inline V gated_pixel(const GatedConv &g, const T *image, int64_t row, int64_t col, int64_t c) {
+    V gate = g.bias ? load_as<V>(g.bias + c) : V{};
+    V value = g.bias ? load_as<V>(g.bias + g.hidden + c) : V{};
+    for (int64_t i = 0; i < 3; i++) {
+        const int64_t r = row + i - 1;
+        if (r < 0 || r >= g.rows_in) continue;  // zero padding at the image's top and bottom
+        for (int64_t j = 0; j < 3; j++) {
+            const int64_t col_j = col + j - 1;
+            if (col_j < 0 || col_j >= g.width) continue;
+            const T *pixel = image + r * g.x_strides[1] + col_j * g.x_strides[2] + c;
+            const float *w = g.weight + (i * 3 + j) * 2 * g.hidden + c;
+            gate += load_as<V>(w) * load_as<V>(pixel);
+            value += load_as<V>(w + g.hidden) * load_as<V>(pixel + g.hidden);
+        }
+    }
+    return gelu(gate) * value;
+}
+
+template <typename T>
+void gated_rows(const GatedConv &g, int64_t begin, int64_t end) {
+    const T *x = static_cast<const T *>(g.x);
+    T *out = static_cast<T *>(g.out);
+    for (int64_t index = begin; index < end; index++) {
+        const int64_t b = index / g.rows, row = index % g.rows + g.first;
+        const T *image = x + b * g.x_strides[0];
+        T *out_row = out + b * g.out_strides[0] + (index % g.rows) * g.out_strides[1];
+        for (int64_t col = 0; col < g.width; col++) {
+            T *pixel = out_row + col * g.out_strides[2];
+            if (g.hidden < 16) {
+                for (int64_t c = 0; c < g.hidden; c++) store(pixel + c, gated_pixel<float>(g, image, row, col, c));
+                continue;
+            }
+            // The last vector ends at the last channel, overlapping the one before: the
+            // channels they share are computed twice, identically.
+            for (int64_t c = 0; c < g.hidden; c += 16) {
+                const int64_t first = c + 16 <= g.hidden ? c : g.hidden - 16;
+                store(pixel + first, gated_pixel<f32x16>(g, image, row, col, first));
+            }
+        }
+    }
+}
+
 }  // namespace
 
 extern "C" {
+
+// out = gelu(dwconv3x3(x[gates])) * dwconv3x3(x[values]) for output rows [0, rows), which
+// read input rows [first - 1, first + rows + 1) of the rows_in given (beyond them: zeros).
+int gated_dwconv_gelu(int bfloat16, const void *x, void *out, const int64_t *x_strides, const int64_t *out_strides,
+                      int64_t batch, int64_t rows, int64_t rows_in, int64_t first, int64_t width, int64_t hidden,
+                      const float *weight, const float *bias, int threads) {
+    const GatedConv g{x, out, x_strides, out_strides, batch, rows, rows_in, first, width, hidden, weight, bias};
+    if (bfloat16)
+        parallel_for(batch * rows, threads, [&g](int64_t begin, int64_t end) { gated_rows<uint16_t>(g, begin, end); });
+    else
+        parallel_for(batch * rows, threads, [&g](int64_t begin, int64_t end) { gated_rows<float>(g, begin, end); });
+    return 0;
+}
+
 
 // The head dimensions with a compiled variant, for the caller to pad to.
 int na2d_dims(int64_t *dims, int capacity) {

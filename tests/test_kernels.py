@@ -1,0 +1,102 @@
+"""The native feed-forward kernel, the banded feed-forward network and the heap settings."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dinat_cli.model.layers import FeedForward
+from dinat_cli.ops import backends, native
+from dinat_cli.ops.gated import gated_dwconv_gelu_reference
+
+
+@pytest.fixture
+def native_kernels() -> None:
+    reason = backends.unavailable_reason("native", "cpu")
+    if reason is not None:
+        pytest.skip(reason)
+
+
+@pytest.mark.parametrize(
+    "hidden, with_bias, first, rows, rows_in",
+    [
+        (40, True, 0, 9, 9),  # the whole map: zero padding at top and bottom
+        (40, False, 1, 4, 6),  # a band inside the map: halo rows above and below
+        (255, True, 1, 5, 6),  # the last band: halo above only; 255 = 15 vectors and an overlapping one
+        (8, True, 0, 3, 4),  # fewer channels than a vector
+    ],
+)
+def test_gated_kernel_matches_pytorch(native_kernels, hidden, with_bias, first, rows, rows_in) -> None:
+    torch.manual_seed(hidden)
+    x = torch.randn(2, 2 * hidden, rows_in, 13).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(2 * hidden, 1, 3, 3) * 0.5
+    bias = torch.randn(2 * hidden) if with_bias else None
+    out = native.gated_dwconv_gelu(x, weight, bias, first, rows)
+    expected = gated_dwconv_gelu_reference(x, weight, bias, first, rows)
+    assert out.shape == expected.shape == (2, hidden, rows, 13)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert (out - expected).abs().max().item() <= 1e-5 * max(1.0, expected.abs().max().item())
+
+
+def test_gated_kernel_in_bfloat16_rounds_once(native_kernels) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(1, 64, 10, 11).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(64, 1, 3, 3) * 0.5, torch.randn(64)
+    exact = gated_dwconv_gelu_reference(x.bfloat16().float(), weight, bias, 0, 10)
+    out = native.gated_dwconv_gelu(x.bfloat16(), weight, bias, 0, 10)
+    assert out.dtype == torch.bfloat16
+    # float32 arithmetic on the bfloat16 inputs, one rounding at the end: half an ulp,
+    # plus the float32 kernel's own error (erf's 4e-7) near zero
+    assert ((out.float() - exact).abs() <= exact.abs() * 2**-8 + 1e-5).all()
+
+
+@pytest.mark.parametrize("band_pixels", [1, 5 * 24, 1 << 20])  # 8-row bands, 8 rows (the minimum), one band
+def test_feed_forward_bands_equal_the_whole_map(monkeypatch, band_pixels: int) -> None:
+    torch.manual_seed(1)
+    ffn = FeedForward(16, 2.66, bias=True).eval()
+    x = torch.randn(1, 16, 21, 24).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        hidden = ffn.project_in(x)
+        expected = ffn.project_out(gated_dwconv_gelu_reference(hidden, ffn.dwconv.weight, ffn.dwconv.bias, 0, 21))
+        monkeypatch.setattr(FeedForward, "band_pixels", band_pixels)
+        out = ffn(x)
+    assert (out - expected).abs().max().item() <= 1e-5
+
+
+_FAULTS = """
+import resource, torch
+from dinat_cli import heap
+from dinat_cli.model import RestoreDiNAT
+
+model = RestoreDiNAT(dim=16, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1] * 4, dilations=[4, 2, 1, 1])
+image = torch.rand(1, 3, 512, 512)  # level-1 maps of 17 to 90 MB
+faults = []
+with torch.inference_mode():
+    for _ in range(3):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        model.eval()(image)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(heap.keep_freed_memory(), faults[-1])
+"""
+
+
+def _faults(env: dict[str, str]) -> tuple[str, int]:
+    result = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True, env=env, check=True)
+    applied, faults = result.stdout.split()
+    return applied, int(faults)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the settings are glibc's")
+def test_heap_settings_stop_large_tensors_faulting_in_again(monkeypatch) -> None:
+    import os
+
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MALLOC_")}
+    applied, faults = _faults(env)
+    assert applied == "True"
+    assert faults < 10_000  # measured 0: the third pass reuses the first's memory
+    applied, faults = _faults({**env, "DINAT_SYSTEM_MALLOC": "1"})
+    assert applied == "False"
+    assert faults > 100_000  # measured 380,000-450,000: glibc's default maps large blocks afresh each time
