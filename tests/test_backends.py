@@ -122,7 +122,7 @@ def test_native_bfloat16_rounds_like_torch() -> None:
     assert (half.float() - exact).abs().max().item() <= 0.05
     # computed in float32 from the rounded inputs: equal to the reference on those inputs, up to the last rounding
     reference = neighborhood.na2d(*(t.bfloat16().float() for t in (q, k, v)), 7, 2, rpb=rpb).bfloat16()
-    assert (half.float() - reference.float()).abs().max().item() <= 2 ** -7
+    assert (half.float() - reference.float()).abs().max().item() <= 2**-7
 
 
 def test_native_build_failure_is_one_reason_and_auto_moves_on(monkeypatch, tmp_path) -> None:

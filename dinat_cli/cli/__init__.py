@@ -11,11 +11,11 @@ from rich.console import Console
 
 # Command modules register on import.
 from dinat_cli.cli import (
+    bench,  # noqa: F401
     evaluate,  # noqa: F401
     restore,  # noqa: F401
     weights,  # noqa: F401
 )
-from dinat_cli.cli import bench  # noqa: E402,F401
 from dinat_cli.cli.app import app
 from dinat_cli.errors import DinatError
 

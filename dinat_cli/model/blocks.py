@@ -42,10 +42,8 @@ class TransBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         normed = self.norm1(x)
         attended = self.na2d(normed.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        if self.chan_adapt:
-            attended = attended * self.channel_modulation(normed)
-        x = x + attended
-        return x + self.ffn(self.norm2(x))
+        x = torch.addcmul(x, attended, self.channel_modulation(normed)) if self.chan_adapt else x + attended
+        return self.ffn.add_to(x, self.norm2)
 
     def channel_modulation(self, x: torch.Tensor) -> torch.Tensor:
         """Sigmoid gate per channel (per pixel under TLC), from pooled channel statistics."""

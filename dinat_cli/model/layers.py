@@ -56,22 +56,31 @@ class FeedForward(nn.Module):
         self.project_out = nn.Conv2d(hidden, dim, kernel_size=1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._banded(x, norm=None, residual=False)
+
+    def add_to(self, x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+        """`x + self(norm(x))`, with the norm and the sum done band by band while the band is in cache."""
+        return self._banded(x, norm=norm, residual=True)
+
+    def _banded(self, x: torch.Tensor, norm: nn.Module | None, residual: bool) -> torch.Tensor:
         height, width = x.shape[-2:]
         rows = max(8, self.band_pixels // width)
-        if rows >= height:
-            return self._hidden_to_output(x, 0, height)
         out = torch.empty_like(x)
         for top in range(0, height, rows):
             bottom = min(height, top + rows)
-            out[:, :, top:bottom] = self._hidden_to_output(x, top, bottom)
+            first, last = max(0, top - 1), min(height, bottom + 1)
+            band = x[:, :, first:last] if norm is None else norm(x[:, :, first:last])
+            result = self._hidden_to_output(band, top - first, bottom - top)
+            if residual:
+                torch.add(x[:, :, top:bottom], result, out=out[:, :, top:bottom])
+            else:
+                out[:, :, top:bottom] = result
         return out
 
-    def _hidden_to_output(self, x: torch.Tensor, top: int, bottom: int) -> torch.Tensor:
-        """The output rows [top, bottom), from input rows [top - 1, bottom + 1)."""
-        first, last = max(0, top - 1), min(x.shape[-2], bottom + 1)
-        hidden = self.project_in(x[:, :, first:last])
-        gated = ops.gated_dwconv_gelu(hidden, self.dwconv.weight, self.dwconv.bias, top - first, bottom - top)
-        return self.project_out(gated)
+    def _hidden_to_output(self, band: torch.Tensor, first: int, rows: int) -> torch.Tensor:
+        """Output rows [first, first + rows) of a band whose other rows are their halo."""
+        hidden = self.project_in(band)
+        return self.project_out(ops.gated_dwconv_gelu(hidden, self.dwconv.weight, self.dwconv.bias, first, rows))
 
 
 class PatchEmbed(nn.Module):

@@ -273,25 +273,33 @@ inline V gated_pixel(const GatedConv &g, const T *image, int64_t row, int64_t co
     return gelu(gate) * value;
 }
 
+// Columns per tile: a tile's three input rows (up to 64 pixels of 2C channels each) stay
+// in L2 while the thread walks down its rows, so each input row is read from memory once.
+constexpr int64_t kGatedTile = 64;
+
 template <typename T>
 void gated_rows(const GatedConv &g, int64_t begin, int64_t end) {
     const T *x = static_cast<const T *>(g.x);
     T *out = static_cast<T *>(g.out);
-    for (int64_t index = begin; index < end; index++) {
-        const int64_t b = index / g.rows, row = index % g.rows + g.first;
-        const T *image = x + b * g.x_strides[0];
-        T *out_row = out + b * g.out_strides[0] + (index % g.rows) * g.out_strides[1];
-        for (int64_t col = 0; col < g.width; col++) {
-            T *pixel = out_row + col * g.out_strides[2];
-            if (g.hidden < 16) {
-                for (int64_t c = 0; c < g.hidden; c++) store(pixel + c, gated_pixel<float>(g, image, row, col, c));
-                continue;
-            }
-            // The last vector ends at the last channel, overlapping the one before: the
-            // channels they share are computed twice, identically.
-            for (int64_t c = 0; c < g.hidden; c += 16) {
-                const int64_t first = c + 16 <= g.hidden ? c : g.hidden - 16;
-                store(pixel + first, gated_pixel<f32x16>(g, image, row, col, first));
+    for (int64_t tile = 0; tile < g.width; tile += kGatedTile) {
+        const int64_t tile_end = tile + kGatedTile < g.width ? tile + kGatedTile : g.width;
+        for (int64_t index = begin; index < end; index++) {
+            const int64_t b = index / g.rows, row = index % g.rows;
+            const T *image = x + b * g.x_strides[0];
+            T *out_row = out + b * g.out_strides[0] + row * g.out_strides[1];
+            for (int64_t col = tile; col < tile_end; col++) {
+                T *pixel = out_row + col * g.out_strides[2];
+                if (g.hidden < 16) {
+                    for (int64_t c = 0; c < g.hidden; c++)
+                        store(pixel + c, gated_pixel<float>(g, image, row + g.first, col, c));
+                    continue;
+                }
+                // The last vector ends at the last channel, overlapping the one before: the
+                // channels they share are computed twice, identically.
+                for (int64_t c = 0; c < g.hidden; c += 16) {
+                    const int64_t first = c + 16 <= g.hidden ? c : g.hidden - 16;
+                    store(pixel + first, gated_pixel<f32x16>(g, image, row + g.first, col, first));
+                }
             }
         }
     }
