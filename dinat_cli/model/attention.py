@@ -42,11 +42,21 @@ class NeighborhoodAttention2D(nn.Module):
         if pad_h or pad_w:
             x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
         padded_h, padded_w = height + pad_h, width + pad_w
-        qkv = self.qkv(x).reshape(batch, padded_h, padded_w, 3, self.num_heads, -1)
+        qkv = _pointwise(self.qkv, x).reshape(batch, padded_h, padded_w, 3, self.num_heads, -1)
         q, k, v = qkv.permute(3, 0, 4, 1, 2, 5).unbind(0)
         out = ops.na2d(q, k, v, self.kernel_size, self.dilation, rpb=self.rpb, scale=self.scale, backend=self.backend)
         out = out.permute(0, 2, 3, 1, 4).reshape(batch, padded_h, padded_w, channels)
-        return self.proj(out[:, :height, :width])
+        return _pointwise(self.proj, out[:, :height, :width])
 
     def extra_repr(self) -> str:
         return f"heads={self.num_heads}, kernel_size={self.kernel_size}, dilation={self.dilation}"
+
+
+def _pointwise(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """`linear(x)` for a `(B, H, W, C)` map, as the 1x1 convolution it is.
+
+    On the channels-last memory of the map oneDNN adds the bias inside the matrix
+    product; nn.Linear first copies the bias into the whole output (10% slower on CPU).
+    """
+    weight = linear.weight[:, :, None, None]
+    return F.conv2d(x.permute(0, 3, 1, 2), weight, linear.bias).permute(0, 2, 3, 1)
