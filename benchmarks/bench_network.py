@@ -5,7 +5,7 @@ cache: the `first` column), then the configurations take turns `--rounds` times,
 that load from other processes hits all of them alike. Reported: the best and median
 wall-clock and the CPU time of the process per image.
 
-    python benchmarks/bench_network.py                      # 256x256, fp32 torch/compiled, bf16
+    python benchmarks/bench_network.py                      # 256x256, fp32 torch/compiled/native, bf16 native
     python benchmarks/bench_network.py --size 1280x720 --rounds 2
 
 natten 0.14.6 (the official code's operator) does not build against current torch, so
@@ -29,7 +29,8 @@ from dinat_cli.model import RestoreDiNAT
 CONFIGS = {
     "fp32-torch": ("torch", torch.float32),
     "fp32-compiled": ("compiled", torch.float32),
-    "bf16-compiled": ("compiled", torch.bfloat16),
+    "fp32-native": ("native", torch.float32),
+    "bf16-native": ("native", torch.bfloat16),
 }
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from dinat_cli.model.layers import FeedForward, LayerNorm
+from dinat_cli.model.pooling import box_means_reference
 from dinat_cli.ops import backends, native
 from dinat_cli.ops.gated import gated_dwconv_gelu_reference
 
@@ -51,6 +52,23 @@ def test_gated_kernel_in_bfloat16_rounds_once(native_kernels) -> None:
     # float32 arithmetic on the bfloat16 inputs, one rounding at the end: half an ulp,
     # plus the float32 kernel's own error (erf's 4e-7) near zero
     assert ((out.float() - exact).abs() <= exact.abs() * 2**-8 + 1e-5).all()
+
+
+@pytest.mark.parametrize(
+    "channels, height, width, box_h, box_w",
+    [
+        (96, 400, 390, 384, 384),  # level 1 of a 400 px image: a handful of box positions
+        (48, 100, 80, 96, 60),  # ring of box_h + 1 rows reused many times
+        (5, 40, 33, 7, 9),  # fewer channels than a vector
+        (20, 30, 30, 30, 30),  # one box: the global mean
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_box_means_equal_pytorch_bit_for_bit(native_kernels, channels, height, width, box_h, box_w, dtype) -> None:
+    torch.manual_seed(channels)
+    # Large values with an offset: cancellation in the integral image shows any change of order.
+    x = (torch.randn(2, channels, height, width) * 3 + 100).to(dtype).contiguous(memory_format=torch.channels_last)
+    assert torch.equal(native.box_means(x, box_h, box_w), box_means_reference(x, box_h, box_w))
 
 
 @pytest.mark.parametrize("band_pixels", [1, 10 * 24, 1 << 20])  # bands of 8 rows, of 10 (the last 1 row), one band

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dinat_cli.ops import native
+
 # (left, right, top, bottom), as F.pad takes it for the last two dimensions.
 Padding = tuple[int, int, int, int]
 
@@ -51,11 +53,18 @@ class ChannelPool(nn.Module):
 
 
 def _local_mean(x: torch.Tensor, box_h: int, box_w: int) -> torch.Tensor:
-    """Box mean at every position where the box fits.
+    """Box mean at every position where the box fits (the native kernel on CPU)."""
+    if x.device.type == "cpu" and native.unavailable_reason() is None:
+        return native.box_means(x, box_h, box_w).to(x.dtype)
+    return box_means_reference(x, box_h, box_w).to(x.dtype)
 
-    Computed from an integral image in the same order as the official exact
-    implementation (cumulative sums over W then H), whose rounding the checkpoints
-    were evaluated with; the cost does not grow with the box.
+
+def box_means_reference(x: torch.Tensor, box_h: int, box_w: int) -> torch.Tensor:
+    """Float32 box means from an integral image, in PyTorch operations.
+
+    Computed in the same order as the official exact implementation (cumulative sums
+    over W then H), whose rounding the checkpoints were evaluated with; the cost does
+    not grow with the box.
     """
     integral = x.float().cumsum(dim=-1).cumsum(dim=-2)
     integral = F.pad(integral, (1, 0, 1, 0))
@@ -65,4 +74,4 @@ def _local_mean(x: torch.Tensor, box_h: int, box_w: int) -> torch.Tensor:
         - integral[..., :-box_h, box_w:]
         - integral[..., box_h:, :-box_w]
     )
-    return (sums / (box_h * box_w)).to(x.dtype)
+    return sums / (box_h * box_w)

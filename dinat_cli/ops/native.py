@@ -4,6 +4,8 @@
   computes, query by query, without the K*K copies of keys an eager gather makes.
 - `gated_dwconv_gelu`: the feed-forward network's depth-wise convolution, GELU gate and
   product in one pass over the hidden map.
+- `box_means`: TLC's local channel means, equal bit for bit to the PyTorch expression,
+  in one pass that keeps only the integral-image rows a box starts on.
 
 The library is built with the system C++ compiler (`$CXX`, else `c++`), loaded with
 ctypes and kept in the user cache (`kernels/`) under a name hashed from the source, the
@@ -89,6 +91,8 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
         return None, f"the native kernel could not be built: {error}"
     library.na2d_forward.restype = ctypes.c_int
     library.na2d_forward.argtypes = [ctypes.c_int, *[_PTR] * 8, *[_I64] * 6, *[_PTR] * 6, ctypes.c_float, ctypes.c_int]
+    library.box_means.restype = ctypes.c_int
+    library.box_means.argtypes = [ctypes.c_int, *[_PTR] * 3, *[_I64] * 6, ctypes.c_int]
     library.gated_dwconv_gelu.restype = ctypes.c_int
     library.gated_dwconv_gelu.argtypes = [ctypes.c_int, *[_PTR] * 4, *[_I64] * 6, _PTR, _PTR, ctypes.c_int]
     return library, None
@@ -213,3 +217,35 @@ def na2d_native(
         return None
     out = out[..., :dim] if padded_dim != dim else out
     return out.to(dtype)
+
+
+def box_means(x: torch.Tensor, box_h: int, box_w: int) -> torch.Tensor:
+    """Float32 means of every `box_h x box_w` box of a `(B, C, H, W)` map: `(B, C, H-box_h+1, W-box_w+1)`.
+
+    Equal, value for value, to `pooling.box_means_reference`; channels-last output.
+    """
+    library, reason = _load()
+    if library is None:
+        raise RuntimeError(reason)
+    dtype = x.dtype if x.dtype in _NATIVE_DTYPES else torch.float32
+    x = x.to(dtype)
+    if x.stride(1) != 1:
+        x = x.contiguous(memory_format=torch.channels_last)
+    batch, channels, height, width = x.shape
+    out = torch.empty(
+        batch, channels, height - box_h + 1, width - box_w + 1, dtype=torch.float32, memory_format=torch.channels_last
+    )
+    library.box_means(
+        int(dtype == torch.bfloat16),
+        x.data_ptr(),
+        out.data_ptr(),
+        (_I64 * 3)(x.stride(0), x.stride(2), x.stride(3)),
+        batch,
+        channels,
+        height,
+        width,
+        box_h,
+        box_w,
+        torch.get_num_threads(),
+    )
+    return out
