@@ -195,6 +195,14 @@ def test_one_compiled_graph_serves_odd_sizes() -> None:
     assert counter.frame_count == 1
 
 
+def test_auto_prefers_native_then_compiled_then_torch_on_cpu(monkeypatch) -> None:
+    _skip_unavailable("native")
+    assert ops.resolve_backend("auto", "cpu") == "native"
+    monkeypatch.setattr(native, "unavailable_reason", lambda: "no C++ compiler (test)")
+    expected = "compiled" if backends.unavailable_reason("compiled", "cpu") is None else "torch"
+    assert ops.resolve_backend("auto", "cpu") == expected
+
+
 def test_selection_globally_per_call_and_per_model() -> None:
     assert ops.current_backend() == "auto"
     with ops.use_backend("torch"):
