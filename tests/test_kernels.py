@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -114,8 +115,6 @@ def _faults(env: dict[str, str]) -> tuple[str, int]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the settings are glibc's")
 def test_heap_settings_stop_large_tensors_faulting_in_again(monkeypatch) -> None:
-    import os
-
     env = {key: value for key, value in os.environ.items() if not key.startswith("MALLOC_")}
     applied, faults = _faults(env)
     assert applied == "True"
@@ -123,3 +122,19 @@ def test_heap_settings_stop_large_tensors_faulting_in_again(monkeypatch) -> None
     applied, faults = _faults({**env, "DINAT_SYSTEM_MALLOC": "1"})
     assert applied == "False"
     assert faults > 150_000, faults  # measured 340,000-450,000: glibc's default maps large blocks afresh each time
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the settings are glibc's")
+def test_release_free_memory_returns_the_kept_heap() -> None:
+    from dinat_cli import heap
+
+    def resident_mb() -> float:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    heap.keep_freed_memory()
+    blocks = [torch.ones(50 << 18) for _ in range(4)]  # 200 MB, under the mmap threshold: from the heap
+    del blocks
+    kept = resident_mb()
+    heap.release_free_memory()
+    assert kept - resident_mb() > 100

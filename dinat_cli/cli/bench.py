@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from dinat_cli import ops
+from dinat_cli import heap, ops
 from dinat_cli.cli.app import app
 from dinat_cli.engine import Restorer
 from dinat_cli.errors import UsageError
@@ -101,7 +101,9 @@ def run_bench(restorer: Restorer, size: tuple[int, int], repeat: int, attention:
     generator = torch.Generator().manual_seed(seed)
     image = torch.rand(1, restorer.in_channels, height, width, generator=generator)
     # The peak includes the warm-up: freed memory stays in the process heap for reuse
-    # (dinat_cli.heap), so only the first pass shows how much the working set needs.
+    # (dinat_cli.heap), so only the first pass shows how much the working set needs, and
+    # what earlier sizes left in the heap is returned first.
+    heap.release_free_memory()
     with ops.use_backend(attention), peak_memory(restorer.device) as peak:
         start = time.perf_counter()
         restorer.restore_tensor(image)
