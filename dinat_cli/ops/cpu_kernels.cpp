@@ -7,10 +7,10 @@
 //   one pass over the hidden map instead of four.
 // - box_means: TLC's local channel means from an integral image, one pass over the map.
 
+#include <omp.h>
+
 #include <cmath>
 #include <cstdint>
-
-#include <omp.h>
 #include <vector>
 
 namespace {
@@ -47,14 +47,13 @@ inline void store(uint16_t *p, float x) {
     *p = (u & 0x7fffffffu) > 0x7f800000u ? uint16_t((u >> 16) | 0x40u) : uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 inline f32x16 load(const float *p) { return *(const f32x16u *)p; }
-inline f32x16 load(const uint16_t *p);
+inline f32x16 load(const uint16_t *p) { return (f32x16)(__builtin_convertvector(*(const u16x16u *)p, u32x16) << 16); }
 // One float or one vector of 16, from float32 or bfloat16 memory.
 template <typename V, typename T>
 inline V load_as(const T *p) {
     if constexpr (sizeof(V) == sizeof(float)) return load1(p);
     else return load(p);
 }
-inline f32x16 load(const uint16_t *p) { return (f32x16)(__builtin_convertvector(*(const u16x16u *)p, u32x16) << 16); }
 inline void store(float *p, f32x16 x) { *(f32x16u *)p = x; }
 inline void store(uint16_t *p, f32x16 x) {
     // Round to nearest even, as torch converts float32 to bfloat16; NaN stays NaN.
