@@ -54,7 +54,7 @@ class ChannelPool(nn.Module):
 
 def _local_mean(x: torch.Tensor, box_h: int, box_w: int) -> torch.Tensor:
     """Box mean at every position where the box fits (the native kernel on CPU)."""
-    if x.device.type == "cpu" and native.unavailable_reason() is None:
+    if native.usable_for(x):
         return native.box_means(x, box_h, box_w).to(x.dtype)
     return box_means_reference(x, box_h, box_w).to(x.dtype)
 

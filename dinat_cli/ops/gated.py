@@ -17,7 +17,7 @@ def gated_dwconv_gelu(
     `hidden` beyond the band are the convolution's zero padding (the image's edge). On
     CPU the native kernel does it in one pass; elsewhere, or without a compiler, PyTorch.
     """
-    if hidden.device.type == "cpu" and native.unavailable_reason() is None:
+    if native.usable_for(hidden):
         return native.gated_dwconv_gelu(hidden, weight, bias, first, rows)
     return gated_dwconv_gelu_reference(hidden, weight, bias, first, rows)
 

@@ -103,6 +103,29 @@ def unavailable_reason() -> str | None:
     return _load()[1]
 
 
+def usable_for(tensor: torch.Tensor) -> bool:
+    """Whether the native kernels can take `tensor` (a CPU tensor, the library built)."""
+    return tensor.device.type == "cpu" and unavailable_reason() is None
+
+
+def _library() -> ctypes.CDLL:
+    library, reason = _load()
+    if library is None:
+        raise RuntimeError(reason)
+    return library
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The kernels' dtype for `dtype`: itself if float32 or bfloat16, else float32 (a copy)."""
+    return dtype if dtype in _NATIVE_DTYPES else torch.float32
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """`x` in the kernels' dtype with unit channel stride, copied only where it is not."""
+    x = x.to(_compute_dtype(x.dtype))
+    return x if x.stride(1) == 1 else x.contiguous(memory_format=torch.channels_last)
+
+
 def gated_dwconv_gelu(
     hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, first: int, rows: int
 ) -> torch.Tensor:
@@ -112,19 +135,13 @@ def gated_dwconv_gelu(
     as the convolution's padding is at the image's top and bottom. `weight` is the
     depth-wise `(2C, 1, 3, 3)`, `bias` `(2C,)` or None. Returns `(B, C, rows, W)` channels-last.
     """
-    library, reason = _load()
-    if library is None:
-        raise RuntimeError(reason)
-    dtype = hidden.dtype if hidden.dtype in _NATIVE_DTYPES else torch.float32
-    x = hidden.to(dtype)
-    if x.stride(1) != 1:
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = _channels_last(hidden)
     batch, channels, rows_in, width = x.shape
-    out = torch.empty(batch, channels // 2, rows, width, dtype=dtype, memory_format=torch.channels_last)
+    out = torch.empty(batch, channels // 2, rows, width, dtype=x.dtype, memory_format=torch.channels_last)
     taps = weight.detach().float().reshape(channels, 9).t().contiguous()
     bias = None if bias is None else bias.detach().float().contiguous()
-    library.gated_dwconv_gelu(
-        int(dtype == torch.bfloat16),
+    _library().gated_dwconv_gelu(
+        int(x.dtype == torch.bfloat16),
         x.data_ptr(),
         out.data_ptr(),
         (_I64 * 3)(x.stride(0), x.stride(2), x.stride(3)),
@@ -165,20 +182,17 @@ def na2d_native(
     rpb: torch.Tensor | None,
     scale: float,
 ) -> torch.Tensor | None:
-    """`(B, heads, H, W, D)` attention outputs, or None where the kernel has no variant (D, K too large).
+    """`(B, heads, H, W, D)` attention outputs, or None where the kernel has no variant (D or K too large).
 
     Inputs are validated by the caller. The output is laid out `(B, H, W, heads, D)` in
     memory, which is what the attention layer's output projection reads.
     """
-    library, reason = _load()
-    if library is None:
-        raise RuntimeError(reason)
     dim = q.shape[-1]
     padded_dim = next((size for size in supported_dims() if size >= dim), None)
-    if padded_dim is None or kernel_size > 15:
+    if padded_dim is None:
         return None
     dtype = q.dtype
-    compute = dtype if dtype in _NATIVE_DTYPES else torch.float32
+    compute = _compute_dtype(dtype)
     # Zero channels add nothing to the dot products and produce outputs that are cut off.
     q, k, v = (F.pad(t.to(compute), (0, padded_dim - dim)) if padded_dim != dim else t.to(compute) for t in (q, k, v))
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
@@ -188,7 +202,7 @@ def na2d_native(
     key_cols, bias_cols = axis_windows(width, kernel_size, dilation)
     rows = group_order(height, dilation)
     bias = None if rpb is None else rpb.detach().float().contiguous()
-    status = library.na2d_forward(
+    status = _library().na2d_forward(
         int(compute == torch.bfloat16),
         q.data_ptr(),
         k.data_ptr(),
@@ -224,19 +238,13 @@ def box_means(x: torch.Tensor, box_h: int, box_w: int) -> torch.Tensor:
 
     Equal, value for value, to `pooling.box_means_reference`; channels-last output.
     """
-    library, reason = _load()
-    if library is None:
-        raise RuntimeError(reason)
-    dtype = x.dtype if x.dtype in _NATIVE_DTYPES else torch.float32
-    x = x.to(dtype)
-    if x.stride(1) != 1:
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = _channels_last(x)
     batch, channels, height, width = x.shape
     out = torch.empty(
         batch, channels, height - box_h + 1, width - box_w + 1, dtype=torch.float32, memory_format=torch.channels_last
     )
-    library.box_means(
-        int(dtype == torch.bfloat16),
+    _library().box_means(
+        int(x.dtype == torch.bfloat16),
         x.data_ptr(),
         out.data_ptr(),
         (_I64 * 3)(x.stride(0), x.stride(2), x.stride(3)),
