@@ -10,6 +10,7 @@
 #include <omp.h>
 
 #include <cmath>
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -64,9 +65,11 @@ inline void store(uint16_t *p, f32x16 x) {
     *(u16x16u *)p = __builtin_convertvector(bits, u16x16);
 }
 
-// The sums of eight vectors, in lanes 0, 8, 4, 12, 2, 10, 6, 14: a transposing tree of
-// 8 adds instead of eight separate horizontal reductions.
-inline f32x16 sum8(const f32x16 *v) {
+// Two groups of eight vectors reduced to their sixteen sums in one vector: a transposing
+// tree of adds instead of sixteen horizontal reductions. partial8 leaves each sum in two
+// neighbouring lanes (vector u's in lanes kSumLane[u] and kSumLane[u] + 1); pair_sums adds
+// the halves, putting group a's sums in the even lanes and group b's in the odd ones.
+inline f32x16 partial8(const f32x16 *v) {
     f32x16 t[4];
     for (int i = 0; i < 4; i++)
         t[i] = __builtin_shufflevector(v[2 * i], v[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
@@ -75,9 +78,12 @@ inline f32x16 sum8(const f32x16 *v) {
     for (int i = 0; i < 2; i++)
         u[i] = __builtin_shufflevector(t[2 * i], t[2 * i + 1], 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27) +
                __builtin_shufflevector(t[2 * i], t[2 * i + 1], 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
-    f32x16 w = __builtin_shufflevector(u[0], u[1], 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29) +
-               __builtin_shufflevector(u[0], u[1], 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
-    return w + __builtin_shufflevector(w, w, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+    return __builtin_shufflevector(u[0], u[1], 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29) +
+           __builtin_shufflevector(u[0], u[1], 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+}
+inline f32x16 pair_sums(f32x16 a, f32x16 b) {
+    return __builtin_shufflevector(a, b, 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30) +
+           __builtin_shufflevector(a, b, 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
 }
 constexpr int kSumLane[8] = {0, 8, 4, 12, 2, 10, 6, 14};
 
@@ -140,93 +146,201 @@ void parallel_for(int64_t count, int threads, const Fn &fn) {
 }
 
 constexpr int64_t kMaxKernel = 15;
+// Logit lanes for the largest window: groups of eight keys, two groups per vector.
+constexpr int64_t kMaxLogits = (kMaxKernel * ((kMaxKernel + 7) / 8) + 1) / 2 * 16;
 
 struct Problem {
     const void *q, *k, *v;
     void *out;
     const int64_t *q_strides, *k_strides, *v_strides, *out_strides;  // batch, head, row, column (elements)
     int64_t batch, heads, height, width, dim, kernel;
-    const int64_t *key_rows, *key_cols, *bias_rows, *bias_cols, *row_order;
+    const int64_t *key_rows, *key_cols, *bias_rows, *bias_cols, *row_order, *col_order;
     const float *rpb;  // (heads, 2K-1, 2K-1) or null
     float scale;
 };
 
-// One query: CH = D / 16 vectors of 16 lanes.
+// Where a query's logits live: its keys in groups of up to eight along a key row, two
+// groups per vector of 16 lanes (see pair_sums).
+struct LogitLayout {
+    int64_t groups_per_row, groups, vectors;
+    std::vector<int32_t> lane;  // per key (row-major in the window): its lane among vectors * 16
+    explicit LogitLayout(int64_t K)
+        : groups_per_row((K + 7) / 8), groups(K * ((K + 7) / 8)), vectors((K * ((K + 7) / 8) + 1) / 2), lane(K * K) {
+        for (int64_t i = 0; i < K; i++)
+            for (int64_t j = 0; j < K; j++) {
+                const int64_t g = i * groups_per_row + j / 8;
+                lane[i * K + j] = int32_t(g / 2 * 16 + kSumLane[j % 8] + g % 2);
+            }
+    }
+};
+
+// The distinct bias column patterns of a call (a handful: the window is only clamped
+// near the edges) and which one each column uses.
+struct ColumnPatterns {
+    std::vector<int64_t> columns;  // patterns * K bias columns
+    std::vector<int32_t> of_column;
+    ColumnPatterns(const int64_t *bias_cols, int64_t width, int64_t K) : of_column(width) {
+        for (int64_t c = 0; c < width; c++) {
+            const int64_t *mine = bias_cols + c * K;
+            int64_t found = 0, count = int64_t(columns.size()) / K;
+            while (found < count && !std::equal(mine, mine + K, columns.begin() + found * K)) found++;
+            if (found == count) columns.insert(columns.end(), mine, mine + K);
+            of_column[c] = int32_t(found);
+        }
+    }
+    int64_t count(int64_t K) const { return int64_t(columns.size()) / K; }
+};
+
+// Every lane: the maximum, or the sum, of the 16 lanes (a tree: four steps, not fifteen).
+inline f32x16 all_max(f32x16 v) {
+    v = vmax(v, __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7));
+    v = vmax(v, __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11));
+    v = vmax(v, __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13));
+    return vmax(v, __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14));
+}
+inline f32x16 all_sum(f32x16 v) {
+    v += __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+    v += __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
+    v += __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+    return v + __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+}
+
+// Element offsets of one query's keys (or values): K row offsets and K column offsets.
+template <typename T>
+struct Window {
+    const T *base;
+    const int64_t *rows, *cols;
+    const T *at(int64_t i, int64_t j) const { return base + rows[i] + cols[j]; }
+};
+
+// One query: CH = D / 16 vectors of 16 lanes. `bias` holds, in the logits' layout, the
+// relative position bias of every key for this query's row and column pattern, and -inf
+// in lanes that hold no key.
 template <typename T, int CH>
-inline void attend(const Problem &p, const T *query_in, const T *keys, const T *values, T *out,
-                   const int64_t *rows, const int64_t *bias_rows, const int64_t *cols, const int64_t *bias_cols,
-                   const float *bias) {
-    const int64_t K = p.kernel, window = K * K, side = 2 * K - 1, vectors = (window + 15) / 16;
-    const int64_t k_row = p.k_strides[2], k_col = p.k_strides[3], v_row = p.v_strides[2], v_col = p.v_strides[3];
+inline void attend(const Problem &p, const LogitLayout &layout, const T *query_in, const Window<T> &keys,
+                   const Window<T> &values, T *out, const float *bias) {
+    const int64_t K = p.kernel;
     f32x16 query[CH];
     for (int x = 0; x < CH; x++) query[x] = load(query_in + 16 * x) * p.scale;
-    alignas(64) float logits[(kMaxKernel * kMaxKernel + 15) / 16 * 16];
+    alignas(64) float logits[kMaxLogits];
+    f32x16 top = splat(-INFINITY), halves[2];
+    int64_t vec = 0, half = 0;
+    const auto emit = [&](f32x16 second) {
+        const f32x16 scores = pair_sums(halves[0], second) + load(bias + 16 * vec);
+        store(logits + 16 * vec++, scores);
+        top = vmax(top, scores);
+    };
     for (int64_t i = 0; i < K; i++) {
-        const T *key_row = keys + rows[i] * k_row;
         for (int64_t first = 0; first < K; first += 8) {
             const int64_t count = K - first < 8 ? K - first : 8;
             const T *key[8];
-            for (int u = 0; u < 8; u++) key[u] = key_row + cols[first + (u < count ? u : 0)] * k_col;
+            for (int u = 0; u < 8; u++) key[u] = keys.at(i, first + (u < count ? u : 0));
             f32x16 dots[8] = {};
             for (int x = 0; x < CH; x++)
                 for (int u = 0; u < 8; u++) dots[u] += query[x] * load(key[u] + 16 * x);
-            const f32x16 sums = sum8(dots);
-            for (int u = 0; u < count; u++) logits[i * K + first + u] = sums[kSumLane[u]];
+            if (half) emit(partial8(dots));
+            else halves[0] = partial8(dots);
+            half ^= 1;
         }
-        if (bias)
-            for (int64_t j = 0; j < K; j++) logits[i * K + j] += bias[bias_rows[i] * side + bias_cols[j]];
     }
-    for (int64_t n = window; n < vectors * 16; n++) logits[n] = -INFINITY;
-    f32x16 top = load(logits);
-    for (int64_t x = 1; x < vectors; x++) top = vmax(top, load(logits + 16 * x));
-    float peak = top[0];
-    for (int l = 1; l < 16; l++) peak = top[l] > peak ? top[l] : peak;
+    if (half) emit(f32x16{});
+    const f32x16 peak = all_max(top);
     f32x16 total = {};
-    for (int64_t x = 0; x < vectors; x++) {
-        const f32x16 e = exp_nonpositive(load(logits + 16 * x) - peak);
-        store(logits + 16 * x, e);
+    for (int64_t n = 0; n < layout.vectors; n++) {
+        const f32x16 e = exp_nonpositive(load(logits + 16 * n) - peak);
+        store(logits + 16 * n, e);
         total += e;
     }
-    float sum = 0.0f;
-    for (int l = 0; l < 16; l++) sum += total[l];
-    const float inverse = 1.0f / sum;
-    f32x16 acc[CH] = {};
+    const f32x16 inverse = 1.0f / all_sum(total);
+    for (int64_t n = 0; n < layout.vectors; n++) store(logits + 16 * n, load(logits + 16 * n) * inverse);
+    // Two sets of accumulators, for even and odd keys: half as long a chain of dependent adds.
+    f32x16 even[CH] = {}, odd[CH] = {};
+    const int32_t *lane = layout.lane.data();
+    const auto accumulate = [&](f32x16 *sums, int64_t i, int64_t j) {
+        const T *value = values.at(i, j);
+        const f32x16 weight = splat(logits[lane[i * K + j]]);
+        for (int x = 0; x < CH; x++) sums[x] += weight * load(value + 16 * x);
+    };
     for (int64_t i = 0; i < K; i++) {
-        const T *value_row = values + rows[i] * v_row;
-        for (int64_t j = 0; j < K; j++) {
-            const T *value = value_row + cols[j] * v_col;
-            const f32x16 weight = splat(logits[i * K + j] * inverse);
-            for (int x = 0; x < CH; x++) acc[x] += weight * load(value + 16 * x);
+        int64_t j = 0;
+        for (; j + 1 < K; j += 2) {
+            accumulate(even, i, j);
+            accumulate(odd, i, j + 1);
+        }
+        if (j < K) accumulate(even, i, j);
+    }
+    for (int x = 0; x < CH; x++) store(out + 16 * x, even[x] + odd[x]);
+}
+
+// The bias of every key, in the logits' layout, for query row r and each column pattern.
+inline void fill_bias(const Problem &p, const LogitLayout &layout, const ColumnPatterns &patterns, int64_t head,
+                      int64_t r, float *table) {
+    const int64_t K = p.kernel, side = 2 * K - 1, size = layout.vectors * 16;
+    const float *rpb = p.rpb ? p.rpb + head * side * side : nullptr;
+    for (int64_t pattern = 0; pattern < patterns.count(K); pattern++) {
+        float *bias = table + pattern * size;
+        for (int64_t n = 0; n < size; n++) bias[n] = -INFINITY;
+        const int64_t *bias_cols = patterns.columns.data() + pattern * K;
+        for (int64_t i = 0; i < K; i++)
+            for (int64_t j = 0; j < K; j++)
+                bias[layout.lane[i * K + j]] = rpb ? rpb[p.bias_rows[r * K + i] * side + bias_cols[j]] : 0.0f;
+    }
+}
+
+// Element offsets of the window's columns for every query column (width * K), for keys
+// and for values: each key's address is then a row offset plus one of these.
+struct ColumnOffsets {
+    std::vector<int64_t> keys, values;
+    explicit ColumnOffsets(const Problem &p) : keys(p.width * p.kernel), values(p.width * p.kernel) {
+        for (int64_t n = 0; n < p.width * p.kernel; n++) {
+            keys[n] = p.key_cols[n] * p.k_strides[3];
+            values[n] = p.key_cols[n] * p.v_strides[3];
         }
     }
-    for (int x = 0; x < CH; x++) store(out + 16 * x, acc[x]);
-}
+};
 
 // Query rows [begin, end) of the (batch, head, row-in-group-order) sequence.
 template <typename T, int CH>
-void attend_rows(const Problem &p, int64_t begin, int64_t end) {
+void attend_rows(const Problem &p, const LogitLayout &layout, const ColumnPatterns &patterns,
+                 const ColumnOffsets &columns, int64_t begin, int64_t end) {
     const T *q = static_cast<const T *>(p.q), *k = static_cast<const T *>(p.k), *v = static_cast<const T *>(p.v);
     T *out = static_cast<T *>(p.out);
-    const int64_t K = p.kernel, side = 2 * K - 1;
+    const int64_t K = p.kernel, size = layout.vectors * 16;
+    std::vector<float> storage(patterns.count(K) * size + 16);
+    float *table = reinterpret_cast<float *>((reinterpret_cast<uintptr_t>(storage.data()) + 63) & ~uintptr_t(63));
+    int64_t key_rows[kMaxKernel], value_rows[kMaxKernel];
     for (int64_t index = begin; index < end; index++) {
         const int64_t b = index / (p.heads * p.height), h = index / p.height % p.heads;
         // Rows in dilation-group order: successive rows share all but one row of keys.
         const int64_t r = p.row_order[index % p.height];
+        fill_bias(p, layout, patterns, h, r, table);
+        for (int64_t i = 0; i < K; i++) {
+            key_rows[i] = p.key_rows[r * K + i] * p.k_strides[2];
+            value_rows[i] = p.key_rows[r * K + i] * p.v_strides[2];
+        }
         const T *keys = k + b * p.k_strides[0] + h * p.k_strides[1];
         const T *values = v + b * p.v_strides[0] + h * p.v_strides[1];
-        const float *bias = p.rpb ? p.rpb + h * side * side : nullptr;
         const T *q_row = q + b * p.q_strides[0] + h * p.q_strides[1] + r * p.q_strides[2];
         T *out_row = out + b * p.out_strides[0] + h * p.out_strides[1] + r * p.out_strides[2];
-        for (int64_t c = 0; c < p.width; c++)
-            attend<T, CH>(p, q_row + c * p.q_strides[3], keys, values, out_row + c * p.out_strides[3],
-                          p.key_rows + r * K, p.bias_rows + r * K, p.key_cols + c * K, p.bias_cols + c * K, bias);
+        // Columns in dilation-group order too: successive queries share all but one column
+        // of keys, which then come from L1 instead of L2.
+        for (int64_t i = 0; i < p.width; i++) {
+            const int64_t c = p.col_order[i];
+            attend<T, CH>(p, layout, q_row + c * p.q_strides[3], Window<T>{keys, key_rows, &columns.keys[c * K]},
+                          Window<T>{values, value_rows, &columns.values[c * K]}, out_row + c * p.out_strides[3],
+                          table + patterns.of_column[c] * size);
+        }
     }
 }
 
 template <typename T, int CH>
 void run(const Problem &p, int threads) {
-    parallel_for(p.batch * p.heads * p.height, threads,
-                 [&p](int64_t begin, int64_t end) { attend_rows<T, CH>(p, begin, end); });
+    const LogitLayout layout(p.kernel);
+    const ColumnPatterns patterns(p.bias_cols, p.width, p.kernel);
+    const ColumnOffsets columns(p);
+    parallel_for(p.batch * p.heads * p.height, threads, [&](int64_t begin, int64_t end) {
+        attend_rows<T, CH>(p, layout, patterns, columns, begin, end);
+    });
 }
 
 template <typename T>
@@ -254,24 +368,57 @@ struct GatedConv {
     const float *bias;    // (2 * hidden) or null
 };
 
-// gelu(conv(gates)) * conv(values) at one pixel, for channels [c, c + lanes of V).
-template <typename V, typename T>
-inline V gated_pixel(const GatedConv &g, const T *image, int64_t row, int64_t col, int64_t c) {
-    V gate = g.bias ? load_as<V>(g.bias + c) : V{};
-    V value = g.bias ? load_as<V>(g.bias + g.hidden + c) : V{};
+// The 3x3 taps of one output pixel that fall inside the image: for each, where its input
+// pixel and its weights start (add the channel to both).
+template <typename T>
+struct Taps {
+    const T *pixels[9];
+    const float *weights[9];
+    int count = 0;
+};
+
+template <typename T>
+inline Taps<T> taps_at(const GatedConv &g, const T *image, int64_t row, int64_t col) {
+    Taps<T> taps;
     for (int64_t i = 0; i < 3; i++) {
         const int64_t r = row + i - 1;
         if (r < 0 || r >= g.rows_in) continue;  // zero padding at the image's top and bottom
         for (int64_t j = 0; j < 3; j++) {
             const int64_t col_j = col + j - 1;
             if (col_j < 0 || col_j >= g.width) continue;
-            const T *pixel = image + r * g.x_strides[1] + col_j * g.x_strides[2] + c;
-            const float *w = g.weight + (i * 3 + j) * 2 * g.hidden + c;
-            gate += load_as<V>(w) * load_as<V>(pixel);
-            value += load_as<V>(w + g.hidden) * load_as<V>(pixel + g.hidden);
+            taps.pixels[taps.count] = image + r * g.x_strides[1] + col_j * g.x_strides[2];
+            taps.weights[taps.count++] = g.weight + (i * 3 + j) * 2 * g.hidden;
         }
     }
+    return taps;
+}
+
+// gelu(conv(gates)) * conv(values) for channels [c, c + lanes of V), over the first N
+// taps (all nine inside the image: a fixed count the compiler unrolls) or `taps.count`.
+template <int N, typename V, typename T>
+inline V gated_channels(const GatedConv &g, const Taps<T> &taps, int64_t c) {
+    V gate = g.bias ? load_as<V>(g.bias + c) : V{};
+    V value = g.bias ? load_as<V>(g.bias + g.hidden + c) : V{};
+    const int count = N ? N : taps.count;
+    for (int t = 0; t < count; t++) {
+        gate += load_as<V>(taps.weights[t] + c) * load_as<V>(taps.pixels[t] + c);
+        value += load_as<V>(taps.weights[t] + g.hidden + c) * load_as<V>(taps.pixels[t] + g.hidden + c);
+    }
     return gelu(gate) * value;
+}
+
+template <int N, typename T>
+inline void gated_pixel(const GatedConv &g, const Taps<T> &taps, T *out) {
+    if (g.hidden < 16) {
+        for (int64_t c = 0; c < g.hidden; c++) store(out + c, gated_channels<N, float>(g, taps, c));
+        return;
+    }
+    // The last vector ends at the last channel, overlapping the one before: the
+    // channels they share are computed twice, identically.
+    for (int64_t c = 0; c < g.hidden; c += 16) {
+        const int64_t first = c + 16 <= g.hidden ? c : g.hidden - 16;
+        store(out + first, gated_channels<N, f32x16>(g, taps, first));
+    }
 }
 
 // Columns per tile: a tile's three input rows (up to 64 pixels of 2C channels each) stay
@@ -289,18 +436,11 @@ void gated_rows(const GatedConv &g, int64_t begin, int64_t end) {
             const T *image = x + b * g.x_strides[0];
             T *out_row = out + b * g.out_strides[0] + row * g.out_strides[1];
             for (int64_t col = tile; col < tile_end; col++) {
-                T *pixel = out_row + col * g.out_strides[2];
-                if (g.hidden < 16) {
-                    for (int64_t c = 0; c < g.hidden; c++)
-                        store(pixel + c, gated_pixel<float>(g, image, row + g.first, col, c));
-                    continue;
-                }
-                // The last vector ends at the last channel, overlapping the one before: the
-                // channels they share are computed twice, identically.
-                for (int64_t c = 0; c < g.hidden; c += 16) {
-                    const int64_t first = c + 16 <= g.hidden ? c : g.hidden - 16;
-                    store(pixel + first, gated_pixel<f32x16>(g, image, row + g.first, col, first));
-                }
+                const Taps<T> taps = taps_at(g, image, row + g.first, col);
+                if (taps.count == 9)
+                    gated_pixel<9>(g, taps, out_row + col * g.out_strides[2]);
+                else
+                    gated_pixel<0>(g, taps, out_row + col * g.out_strides[2]);
             }
         }
     }
@@ -439,10 +579,10 @@ int na2d_forward(int bfloat16, const void *q, const void *k, const void *v, void
                  const int64_t *k_strides, const int64_t *v_strides, const int64_t *out_strides, int64_t batch,
                  int64_t heads, int64_t height, int64_t width, int64_t dim, int64_t kernel, const int64_t *key_rows,
                  const int64_t *key_cols, const int64_t *bias_rows, const int64_t *bias_cols,
-                 const int64_t *row_order, const float *rpb, float scale, int threads) {
+                 const int64_t *row_order, const int64_t *col_order, const float *rpb, float scale, int threads) {
     if (kernel > kMaxKernel) return 1;
     const Problem p{q, k, v, out, q_strides, k_strides, v_strides, out_strides, batch, heads, height, width, dim,
-                    kernel, key_rows, key_cols, bias_rows, bias_cols, row_order, rpb, scale};
+                    kernel, key_rows, key_cols, bias_rows, bias_cols, row_order, col_order, rpb, scale};
     return bfloat16 ? dispatch<uint16_t>(p, threads) : dispatch<float>(p, threads);
 }
 

@@ -90,7 +90,7 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     except OSError as error:
         return None, f"the native kernel could not be built: {error}"
     library.na2d_forward.restype = ctypes.c_int
-    library.na2d_forward.argtypes = [ctypes.c_int, *[_PTR] * 8, *[_I64] * 6, *[_PTR] * 6, ctypes.c_float, ctypes.c_int]
+    library.na2d_forward.argtypes = [ctypes.c_int, *[_PTR] * 8, *[_I64] * 6, *[_PTR] * 7, ctypes.c_float, ctypes.c_int]
     library.box_means.restype = ctypes.c_int
     library.box_means.argtypes = [ctypes.c_int, *[_PTR] * 3, *[_I64] * 6, ctypes.c_int]
     library.gated_dwconv_gelu.restype = ctypes.c_int
@@ -200,7 +200,7 @@ def na2d_native(
     out = torch.empty(batch, height, width, heads, padded_dim, dtype=compute).permute(0, 3, 1, 2, 4)
     key_rows, bias_rows = axis_windows(height, kernel_size, dilation)
     key_cols, bias_cols = axis_windows(width, kernel_size, dilation)
-    rows = group_order(height, dilation)
+    rows, cols = group_order(height, dilation), group_order(width, dilation)
     bias = None if rpb is None else rpb.detach().float().contiguous()
     status = _library().na2d_forward(
         int(compute == torch.bfloat16),
@@ -223,6 +223,7 @@ def na2d_native(
         bias_rows.data_ptr(),
         bias_cols.data_ptr(),
         rows.data_ptr(),
+        cols.data_ptr(),
         None if bias is None else bias.data_ptr(),
         scale,
         torch.get_num_threads(),
