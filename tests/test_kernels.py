@@ -90,6 +90,21 @@ def test_feed_forward_bands_equal_the_whole_map(monkeypatch, band_pixels: int) -
     assert (out_with_norm - with_norm).abs().max().item() <= 1e-5
 
 
+def test_feed_forward_aligned_weights_follow_a_checkpoint_load() -> None:
+    """The zero-padded copies of the weights are rebuilt when the weights are replaced in place."""
+    torch.manual_seed(2)
+    ffn, other = FeedForward(16, 2.66, bias=True).eval(), FeedForward(16, 2.66, bias=True).eval()
+    x = torch.randn(1, 16, 12, 12).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        before = ffn(x)
+        expected = other(x)
+    ffn.load_state_dict(other.state_dict())
+    with torch.inference_mode():
+        after = ffn(x)
+    assert (before - expected).abs().max().item() > 1e-2
+    assert (after - expected).abs().max().item() <= 1e-6
+
+
 _FAULTS = """
 import resource, torch
 from dinat_cli import heap

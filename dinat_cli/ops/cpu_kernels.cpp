@@ -421,6 +421,37 @@ inline void gated_pixel(const GatedConv &g, const Taps<T> &taps, T *out) {
     }
 }
 
+// Two neighbouring pixels with all nine taps inside the image (`taps` are the left one's):
+// the six input pixels they share are loaded once, and each tap's weights once for both.
+template <typename T>
+inline void gated_pair(const GatedConv &g, const Taps<T> &taps, T *out) {
+    const int64_t step = g.x_strides[2];
+    for (int64_t c = 0; c < g.hidden; c += 16) {
+        const int64_t first = c + 16 <= g.hidden ? c : g.hidden - 16;
+        f32x16 gate[2], value[2];
+        gate[0] = gate[1] = g.bias ? load(g.bias + first) : f32x16{};
+        value[0] = value[1] = g.bias ? load(g.bias + g.hidden + first) : f32x16{};
+        for (int i = 0; i < 3; i++) {
+            const T *line = taps.pixels[i * 3] + first;
+            f32x16 gates[4], values[4];
+            for (int m = 0; m < 4; m++) {
+                gates[m] = load(line + m * step);
+                values[m] = load(line + m * step + g.hidden);
+            }
+            for (int j = 0; j < 3; j++) {
+                const f32x16 gate_tap = load(taps.weights[i * 3 + j] + first);
+                const f32x16 value_tap = load(taps.weights[i * 3 + j] + g.hidden + first);
+                for (int side = 0; side < 2; side++) {
+                    gate[side] += gate_tap * gates[j + side];
+                    value[side] += value_tap * values[j + side];
+                }
+            }
+        }
+        store(out + first, gelu(gate[0]) * value[0]);
+        store(out + g.out_strides[2] + first, gelu(gate[1]) * value[1]);
+    }
+}
+
 // Columns per tile: a tile's three input rows (up to 64 pixels of 2C channels each) stay
 // in L2 while the thread walks down its rows, so each input row is read from memory once.
 constexpr int64_t kGatedTile = 64;
@@ -437,10 +468,15 @@ void gated_rows(const GatedConv &g, int64_t begin, int64_t end) {
             T *out_row = out + b * g.out_strides[0] + row * g.out_strides[1];
             for (int64_t col = tile; col < tile_end; col++) {
                 const Taps<T> taps = taps_at(g, image, row + g.first, col);
-                if (taps.count == 9)
-                    gated_pixel<9>(g, taps, out_row + col * g.out_strides[2]);
-                else
-                    gated_pixel<0>(g, taps, out_row + col * g.out_strides[2]);
+                T *pixel = out_row + col * g.out_strides[2];
+                if (taps.count == 9 && g.hidden >= 16 && col + 1 < tile_end && col + 2 < g.width) {
+                    gated_pair(g, taps, pixel);
+                    col++;
+                } else if (taps.count == 9) {
+                    gated_pixel<9>(g, taps, pixel);
+                } else {
+                    gated_pixel<0>(g, taps, pixel);
+                }
             }
         }
     }
