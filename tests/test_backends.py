@@ -110,10 +110,13 @@ def test_native_matches_the_reference_for_any_head_size_and_window(heads, dim, k
     assert (out - expected).abs().max().item() <= 1e-5
 
 
-def test_native_bfloat16_rounds_like_torch() -> None:
+# 16 and 48: an odd number of 16-lane vectors, whose last 16 channels take the tail paths
+# of the pairwise bfloat16 dot products and value sums.
+@pytest.mark.parametrize("dim", [16, 32, 48, 96])
+def test_native_bfloat16_rounds_like_torch(dim: int) -> None:
     _skip_unavailable("native")
     torch.manual_seed(3)
-    q, k, v = (torch.randn(1, 2, 20, 21, 32) for _ in range(3))
+    q, k, v = (torch.randn(1, 2, 20, 21, dim) for _ in range(3))
     rpb = torch.randn(2, 13, 13)
     exact = neighborhood.na2d(q, k, v, 7, 2, rpb=rpb)
     half = ops.na2d(*(t.bfloat16() for t in (q, k, v)), 7, 2, rpb=rpb, backend="native")

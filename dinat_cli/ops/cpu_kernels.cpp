@@ -9,6 +9,10 @@
 
 #include <omp.h>
 
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+#endif
+
 #include <cmath>
 #include <algorithm>
 #include <cstdint>
@@ -22,6 +26,7 @@ typedef int32_t i32x16 __attribute__((vector_size(64)));
 typedef uint32_t u32x16 __attribute__((vector_size(64)));
 typedef uint16_t u16x16 __attribute__((vector_size(32)));
 typedef uint16_t u16x16u __attribute__((vector_size(32), aligned(2)));
+typedef uint32_t u32x16u __attribute__((vector_size(64), aligned(2)));
 
 inline f32x16 splat(float x) { return f32x16{} + x; }
 inline f32x16 vmax(f32x16 a, f32x16 b) {
@@ -56,13 +61,24 @@ inline V load_as(const T *p) {
     else return load(p);
 }
 inline void store(float *p, f32x16 x) { *(f32x16u *)p = x; }
-inline void store(uint16_t *p, f32x16 x) {
-    // Round to nearest even, as torch converts float32 to bfloat16; NaN stays NaN.
+// bfloat16 bits (in the low half of each lane), rounded to nearest even as torch converts
+// float32 to bfloat16; NaN stays NaN.
+inline u32x16 bfloat16_bits(f32x16 x) {
     u32x16 u = (u32x16)x;
     u32x16 rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
     u32x16 is_nan = (u32x16)((u & 0x7fffffffu) > 0x7f800000u);
-    u32x16 bits = (((u >> 16) | 0x40u) & is_nan) | (rounded & ~is_nan);
-    *(u16x16u *)p = __builtin_convertvector(bits, u16x16);
+    return (((u >> 16) | 0x40u) & is_nan) | (rounded & ~is_nan);
+}
+inline void store(uint16_t *p, f32x16 x) { *(u16x16u *)p = __builtin_convertvector(bfloat16_bits(x), u16x16); }
+// 32 bfloat16 values as floats: the even-indexed ones and the odd-indexed ones (a shift
+// and a mask, rather than widening 16 at a time), and back.
+inline void load_pairs(const uint16_t *p, f32x16 &even, f32x16 &odd) {
+    const u32x16 bits = *(const u32x16u *)p;
+    even = (f32x16)(bits << 16);
+    odd = (f32x16)(bits & 0xffff0000u);
+}
+inline void store_pairs(uint16_t *p, f32x16 even, f32x16 odd) {
+    *(u32x16u *)p = bfloat16_bits(even) | (bfloat16_bits(odd) << 16);
 }
 
 // Two groups of eight vectors reduced to their sixteen sums in one vector: a transposing
@@ -213,6 +229,79 @@ struct Window {
     const T *at(int64_t i, int64_t j) const { return base + rows[i] + cols[j]; }
 };
 
+// A query's dot products with keys, D = 16 * CH: float lanes, the scale applied to the query.
+template <typename T, int CH>
+struct QueryDots {
+    static constexpr float logit_scale = 1.0f;
+    f32x16 query[CH];
+    QueryDots(const T *q, float scale) {
+        for (int x = 0; x < CH; x++) query[x] = load(q + 16 * x) * scale;
+    }
+    void dots8(const T *const *key, f32x16 *dots) const {
+        for (int u = 0; u < 8; u++) dots[u] = f32x16{};
+        for (int x = 0; x < CH; x++)
+            for (int u = 0; u < 8; u++) dots[u] += query[x] * load(key[u] + 16 * x);
+    }
+};
+
+#if defined(__AVX512BF16__)
+// bfloat16 with AVX512-BF16: one instruction per 32 products, exact and summed in float32,
+// instead of widening every key; the scale goes on the logits.
+template <int CH>
+struct QueryDots<uint16_t, CH> {
+    static constexpr int kPairs = (CH + 1) / 2;
+    static constexpr __mmask32 kTail = CH % 2 ? 0x0000ffffu : 0xffffffffu;
+    float logit_scale;
+    __m512bh query[kPairs];
+    QueryDots(const uint16_t *q, float scale) : logit_scale(scale) {
+        for (int x = 0; x < kPairs; x++) query[x] = (__m512bh)chunk(q, x);
+    }
+    static __m512i chunk(const uint16_t *p, int x) {
+        return x == kPairs - 1 ? _mm512_maskz_loadu_epi16(kTail, p + 32 * x) : _mm512_loadu_si512(p + 32 * x);
+    }
+    void dots8(const uint16_t *const *key, f32x16 *dots) const {
+        __m512 sums[8];
+        for (int u = 0; u < 8; u++) sums[u] = _mm512_setzero_ps();
+        for (int x = 0; x < kPairs; x++)
+            for (int u = 0; u < 8; u++) sums[u] = _mm512_dpbf16_ps(sums[u], query[x], (__m512bh)chunk(key[u], x));
+        for (int u = 0; u < 8; u++) dots[u] = (f32x16)sums[u];
+    }
+};
+#endif
+
+// A weighted sum of value vectors, D = 16 * CH, in float lanes.
+template <typename T, int CH>
+struct ValueSum {
+    f32x16 acc[CH] = {};
+    void add(f32x16 weight, const T *value) {
+        for (int x = 0; x < CH; x++) acc[x] += weight * load(value + 16 * x);
+    }
+    void store_sum(T *out, const ValueSum &other) const {
+        for (int x = 0; x < CH; x++) store(out + 16 * x, acc[x] + other.acc[x]);
+    }
+};
+
+// bfloat16 values 32 at a time as even and odd halves: two instructions to widen them
+// instead of four; the halves are interleaved again on the way out.
+template <int CH>
+struct ValueSum<uint16_t, CH> {
+    static constexpr int kPairs = CH / 2;
+    f32x16 even[kPairs ? kPairs : 1] = {}, odd[kPairs ? kPairs : 1] = {}, tail = {};
+    void add(f32x16 weight, const uint16_t *value) {
+        for (int x = 0; x < kPairs; x++) {
+            f32x16 e, o;
+            load_pairs(value + 32 * x, e, o);
+            even[x] += weight * e;
+            odd[x] += weight * o;
+        }
+        if constexpr (CH % 2) tail += weight * load(value + 32 * kPairs);
+    }
+    void store_sum(uint16_t *out, const ValueSum &other) const {
+        for (int x = 0; x < kPairs; x++) store_pairs(out + 32 * x, even[x] + other.even[x], odd[x] + other.odd[x]);
+        if constexpr (CH % 2) store(out + 32 * kPairs, tail + other.tail);
+    }
+};
+
 // One query: CH = D / 16 vectors of 16 lanes. `bias` holds, in the logits' layout, the
 // relative position bias of every key for this query's row and column pattern, and -inf
 // in lanes that hold no key.
@@ -220,13 +309,12 @@ template <typename T, int CH>
 inline void attend(const Problem &p, const LogitLayout &layout, const T *query_in, const Window<T> &keys,
                    const Window<T> &values, T *out, const float *bias) {
     const int64_t K = p.kernel;
-    f32x16 query[CH];
-    for (int x = 0; x < CH; x++) query[x] = load(query_in + 16 * x) * p.scale;
+    const QueryDots<T, CH> query(query_in, p.scale);
     alignas(64) float logits[kMaxLogits];
     f32x16 top = splat(-INFINITY), halves[2];
     int64_t vec = 0, half = 0;
     const auto emit = [&](f32x16 second) {
-        const f32x16 scores = pair_sums(halves[0], second) + load(bias + 16 * vec);
+        const f32x16 scores = pair_sums(halves[0], second) * query.logit_scale + load(bias + 16 * vec);
         store(logits + 16 * vec++, scores);
         top = vmax(top, scores);
     };
@@ -235,9 +323,8 @@ inline void attend(const Problem &p, const LogitLayout &layout, const T *query_i
             const int64_t count = K - first < 8 ? K - first : 8;
             const T *key[8];
             for (int u = 0; u < 8; u++) key[u] = keys.at(i, first + (u < count ? u : 0));
-            f32x16 dots[8] = {};
-            for (int x = 0; x < CH; x++)
-                for (int u = 0; u < 8; u++) dots[u] += query[x] * load(key[u] + 16 * x);
+            f32x16 dots[8];
+            query.dots8(key, dots);
             if (half) emit(partial8(dots));
             else halves[0] = partial8(dots);
             half ^= 1;
@@ -253,23 +340,18 @@ inline void attend(const Problem &p, const LogitLayout &layout, const T *query_i
     }
     const f32x16 inverse = 1.0f / all_sum(total);
     for (int64_t n = 0; n < layout.vectors; n++) store(logits + 16 * n, load(logits + 16 * n) * inverse);
-    // Two sets of accumulators, for even and odd keys: half as long a chain of dependent adds.
-    f32x16 even[CH] = {}, odd[CH] = {};
+    // Two sums, of even and odd keys: half as long a chain of dependent adds.
+    ValueSum<T, CH> even, odd;
     const int32_t *lane = layout.lane.data();
-    const auto accumulate = [&](f32x16 *sums, int64_t i, int64_t j) {
-        const T *value = values.at(i, j);
-        const f32x16 weight = splat(logits[lane[i * K + j]]);
-        for (int x = 0; x < CH; x++) sums[x] += weight * load(value + 16 * x);
-    };
     for (int64_t i = 0; i < K; i++) {
         int64_t j = 0;
         for (; j + 1 < K; j += 2) {
-            accumulate(even, i, j);
-            accumulate(odd, i, j + 1);
+            even.add(splat(logits[lane[i * K + j]]), values.at(i, j));
+            odd.add(splat(logits[lane[i * K + j + 1]]), values.at(i, j + 1));
         }
-        if (j < K) accumulate(even, i, j);
+        if (j < K) even.add(splat(logits[lane[i * K + j]]), values.at(i, j));
     }
-    for (int x = 0; x < CH; x++) store(out + 16 * x, even[x] + odd[x]);
+    even.store_sum(out, odd);
 }
 
 // The bias of every key, in the logits' layout, for query row r and each column pattern.
