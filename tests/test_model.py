@@ -9,6 +9,7 @@ import torch
 
 from dinat_cli.model import RestoreDiNAT
 from dinat_cli.model.attention import NeighborhoodAttention2D
+from dinat_cli.model.blocks import _band_matrix
 from dinat_cli.model.layers import FeedForward
 from dinat_cli.ops import native
 
@@ -85,3 +86,11 @@ def test_input_not_divisible_by_8_is_a_clear_error() -> None:
     model = RestoreDiNAT(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1)
     with pytest.raises(ValueError, match="divisible by 8"):
         model(torch.zeros(1, 3, 60, 64))
+
+
+@pytest.mark.parametrize("channels", [5, 48, 384])  # fewer channels than taps, and the official widths
+def test_channel_filter_band_matrix_equals_the_official_conv1d(channels: int) -> None:
+    torch.manual_seed(channels)
+    taps, series = torch.randn(7), torch.randn(50, channels)
+    expected = torch.nn.functional.conv1d(series[:, None], taps[None, None], padding=3)[:, 0]
+    assert (series @ _band_matrix(taps, channels) - expected).abs().max().item() <= 1e-5
