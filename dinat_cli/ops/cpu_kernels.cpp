@@ -178,10 +178,10 @@ struct Problem {
 // Where a query's logits live: its keys in groups of up to eight along a key row, two
 // groups per vector of 16 lanes (see pair_sums).
 struct LogitLayout {
-    int64_t groups_per_row, groups, vectors;
+    int64_t groups_per_row, vectors;
     std::vector<int32_t> lane;  // per key (row-major in the window): its lane among vectors * 16
     explicit LogitLayout(int64_t K)
-        : groups_per_row((K + 7) / 8), groups(K * ((K + 7) / 8)), vectors((K * ((K + 7) / 8) + 1) / 2), lane(K * K) {
+        : groups_per_row((K + 7) / 8), vectors((K * ((K + 7) / 8) + 1) / 2), lane(K * K) {
         for (int64_t i = 0; i < K; i++)
             for (int64_t j = 0; j < K; j++) {
                 const int64_t g = i * groups_per_row + j / 8;
@@ -208,17 +208,18 @@ struct ColumnPatterns {
 };
 
 // Every lane: the maximum, or the sum, of the 16 lanes (a tree: four steps, not fifteen).
+template <typename Combine>
+inline f32x16 all_lanes(f32x16 v, Combine combine) {
+    v = combine(v, __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7));
+    v = combine(v, __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11));
+    v = combine(v, __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13));
+    return combine(v, __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14));
+}
 inline f32x16 all_max(f32x16 v) {
-    v = vmax(v, __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7));
-    v = vmax(v, __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11));
-    v = vmax(v, __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13));
-    return vmax(v, __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14));
+    return all_lanes(v, [](f32x16 a, f32x16 b) { return vmax(a, b); });
 }
 inline f32x16 all_sum(f32x16 v) {
-    v += __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
-    v += __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
-    v += __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
-    return v + __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+    return all_lanes(v, [](f32x16 a, f32x16 b) { return a + b; });
 }
 
 // Element offsets of one query's keys (or values): K row offsets and K column offsets.
