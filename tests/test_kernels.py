@@ -43,16 +43,43 @@ def test_gated_kernel_matches_pytorch(native_kernels, hidden, with_bias, first, 
     assert (out - expected).abs().max().item() <= 1e-5 * max(1.0, expected.abs().max().item())
 
 
-def test_gated_kernel_in_bfloat16_rounds_once(native_kernels) -> None:
-    torch.manual_seed(0)
-    x = torch.randn(1, 64, 10, 11).contiguous(memory_format=torch.channels_last)
-    weight, bias = torch.randn(64, 1, 3, 3) * 0.5, torch.randn(64)
-    exact = gated_dwconv_gelu_reference(x.bfloat16().float(), weight, bias, 0, 10)
-    out = native.gated_dwconv_gelu(x.bfloat16(), weight, bias, 0, 10)
+@pytest.mark.parametrize(
+    "hidden, first, rows, rows_in, width",
+    [
+        (32, 0, 10, 10, 11),  # a multiple of 32 channels: products of bfloat16 pairs where the CPU has them
+        (64, 1, 5, 7, 70),  # two groups; more columns than a tile; halo rows above and below
+        (40, 0, 6, 6, 9),  # not a multiple of 32: widened to float32
+    ],
+)
+def test_gated_kernel_in_bfloat16_is_as_accurate_as_pytorch(native_kernels, hidden, first, rows, rows_in, width) -> None:
+    torch.manual_seed(hidden)
+    x = torch.randn(1, 2 * hidden, rows_in, width).bfloat16().contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(2 * hidden, 1, 3, 3) * 0.5, torch.randn(2 * hidden)
+    exact = gated_dwconv_gelu_reference(x.float(), weight, bias, first, rows)
+    out = native.gated_dwconv_gelu(x, weight, bias, first, rows)
     assert out.dtype == torch.bfloat16
-    # float32 arithmetic on the bfloat16 inputs, one rounding at the end: half an ulp,
-    # plus the float32 kernel's own error (erf's 4e-7) near zero
-    assert ((out.float() - exact).abs() <= exact.abs() * 2**-8 + 1e-5).all()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pytorch = gated_dwconv_gelu_reference(x, weight, bias, first, rows)
+    error, pytorch_error = ((y.float() - exact).abs() for y in (out, pytorch))
+    assert error.max() <= pytorch_error.max()
+    assert error.pow(2).mean() <= pytorch_error.pow(2).mean()
+
+
+def test_layer_norm_kernel_matches_pytorch(native_kernels) -> None:
+    torch.manual_seed(0)
+    # 40 pixels a row: two blocks of 16 and a tail; 96 and 40 channels: whole vectors and a tail
+    for channels in (96, 40):
+        x = torch.randn(2, channels, 5, 40) * 3 + 1
+        band = x.contiguous(memory_format=torch.channels_last)[:, :, 1:4].permute(0, 2, 3, 1)  # strided rows
+        weight, bias = torch.randn(channels), torch.randn(channels)
+        out = native.layer_norm(band, weight, bias, 1e-5)
+        assert (out - torch.nn.functional.layer_norm(band, (channels,), weight, bias, 1e-5)).abs().max() < 1e-5
+        bias_free = band * torch.rsqrt(band.var(-1, keepdim=True, unbiased=False) + 1e-5) * weight
+        assert (native.layer_norm(band, weight, None, 1e-5) - bias_free).abs().max() < 1e-5
+        rounded = native.layer_norm(band.bfloat16(), weight, bias, 1e-5)
+        exact = torch.nn.functional.layer_norm(band.bfloat16().float(), (channels,), weight, bias, 1e-5)
+        assert rounded.dtype == torch.bfloat16
+        assert ((rounded.float() - exact).abs() <= exact.abs() * 2**-8 + 1e-5).all()
 
 
 @pytest.mark.parametrize(

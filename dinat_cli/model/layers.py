@@ -18,6 +18,8 @@ class _NormBody(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim)) if with_bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if ops.native.usable_for(x):
+            return ops.native.layer_norm(x, self.weight, self.bias, eps=1e-5)
         if self.bias is not None:
             return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, eps=1e-5)
         # Restormer's bias-free variant scales by the centred variance without centring.
