@@ -99,6 +99,18 @@ def test_box_means_equal_pytorch_bit_for_bit(native_kernels, channels, height, w
     assert torch.equal(native.box_means(x, box_h, box_w), box_means_reference(x, box_h, box_w))
 
 
+@pytest.mark.parametrize("shape", [(2, 96, 50, 37), (1, 40, 3, 300)])  # whole vectors; a tail, long rows
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_channel_means_are_exact_means(native_kernels, shape, dtype) -> None:
+    torch.manual_seed(0)
+    # An offset large against the spread: a float32 running sum would lose the spread's digits.
+    x = (torch.randn(*shape) + 1000).to(dtype).contiguous(memory_format=torch.channels_last)
+    exact = x.double().mean(dim=(-2, -1), keepdim=True)
+    means = native.channel_means(x)
+    assert means.dtype == torch.float32 and means.shape == (shape[0], shape[1], 1, 1)
+    assert ((means.double() - exact).abs() <= exact.abs() * 2**-24).all()  # float32's rounding, once
+
+
 @pytest.mark.parametrize("band_pixels", [1, 10 * 24, 1 << 20])  # bands of 8 rows, of 10 (the last 1 row), one band
 def test_feed_forward_bands_equal_the_whole_map(monkeypatch, band_pixels: int) -> None:
     torch.manual_seed(1)

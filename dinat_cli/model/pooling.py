@@ -43,13 +43,20 @@ class ChannelPool(nn.Module):
         """
         height, width = x.shape[-2:]
         if self.kernel is None or (self.kernel >= height and self.kernel >= width):
-            return x.mean(dim=(-2, -1), keepdim=True), (0, 0, 0, 0)
+            return _global_mean(x), (0, 0, 0, 0)
         mean = _local_mean(x, min(height, self.kernel), min(width, self.kernel))
         missing_h, missing_w = height - mean.shape[-2], width - mean.shape[-1]
         return mean, (missing_w // 2, (missing_w + 1) // 2, missing_h // 2, (missing_h + 1) // 2)
 
     def extra_repr(self) -> str:
         return "global" if self.kernel is None else f"local box {self.kernel}"
+
+
+def _global_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean of each channel over the whole map (the native kernel on CPU)."""
+    if native.usable_for(x):
+        return native.channel_means(x).to(x.dtype)
+    return x.mean(dim=(-2, -1), keepdim=True)
 
 
 def _local_mean(x: torch.Tensor, box_h: int, box_w: int) -> torch.Tensor:

@@ -781,6 +781,21 @@ struct Wide<f32x16> {
     static f32x16 narrow(f64x16 x) { return __builtin_convertvector(x, f32x16); }
 };
 
+// Per-channel sums of rows [begin, end) of one image, added to `sums` in double.
+template <typename T>
+void channel_sums(const T *image, const int64_t *x_strides, int64_t begin, int64_t end, int64_t width,
+                  int64_t channels, double *sums) {
+    const int64_t c_vec = channels / 16 * 16;
+    std::vector<f64x16> vector_sums(c_vec / 16, f64x16{});
+    for (int64_t row = begin; row < end; row++)
+        for (int64_t col = 0; col < width; col++) {
+            const T *pixel = image + row * x_strides[1] + col * x_strides[2];
+            for (int64_t c = 0; c < c_vec; c += 16) vector_sums[c / 16] += Wide<f32x16>::widen(load(pixel + c));
+            for (int64_t c = c_vec; c < channels; c++) sums[c] += load1(pixel + c);
+        }
+    for (int64_t c = 0; c < c_vec; c++) sums[c] += vector_sums[c / 16][c % 16];
+}
+
 // Box means for channels [c, c + lanes of V) of one image. The integral image is built
 // as torch's CPU cumsum over W then H builds it (running sums in double, stored in
 // float), combined as I[k:, k:] + I[:-k, :-k] - I[:-k, k:] - I[k:, :-k] in that order and
@@ -848,6 +863,33 @@ void box_means_range(const BoxMeans &m, int64_t begin, int64_t end) {
 }  // namespace
 
 extern "C" {
+
+// Mean of every channel of every image of a channels-last map. Each thread sums a share
+// of every image's rows; the shares are added in thread order.
+int channel_means(int bfloat16, const void *x, float *out, const int64_t *x_strides, int64_t batch, int64_t height,
+                  int64_t width, int64_t channels, int threads) {
+    const int workers = int(std::max<int64_t>(1, std::min<int64_t>(threads, height)));
+    std::vector<double> partial(int64_t(workers) * batch * channels, 0.0);
+    parallel_for(workers, workers, [&](int64_t begin, int64_t end) {
+        for (int64_t w = begin; w < end; w++)
+            for (int64_t b = 0; b < batch; b++) {
+                double *sums = partial.data() + (w * batch + b) * channels;
+                const int64_t first = height * w / workers, last = height * (w + 1) / workers;
+                if (bfloat16)
+                    channel_sums(static_cast<const uint16_t *>(x) + b * x_strides[0], x_strides, first, last, width,
+                                 channels, sums);
+                else
+                    channel_sums(static_cast<const float *>(x) + b * x_strides[0], x_strides, first, last, width,
+                                 channels, sums);
+            }
+    });
+    for (int64_t n = 0; n < batch * channels; n++) {
+        double total = 0.0;
+        for (int w = 0; w < workers; w++) total += partial[w * batch * channels + n];
+        out[n] = float(total / double(height * width));
+    }
+    return 0;
+}
 
 // Means of every box_h x box_w box of a channels-last map, per channel.
 int box_means(int bfloat16, const void *x, float *out, const int64_t *x_strides, int64_t batch, int64_t channels,

@@ -6,6 +6,8 @@
   product in one pass over the hidden map.
 - `layer_norm`: layer norm over the channels of a channels-last map, writing the
   input's dtype (PyTorch's bfloat16 layer norm is 3x slower).
+- `channel_means`: the global mean of each channel (PyTorch's bfloat16 mean over the
+  rows and columns of a channels-last map copies it to float32 first: 6x slower).
 - `box_means`: TLC's local channel means, equal bit for bit to the PyTorch expression,
   in one pass that keeps only the integral-image rows a box starts on.
 
@@ -98,6 +100,8 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     library.gated_dwconv_gelu.restype = ctypes.c_int
     library.gated_dwconv_gelu.argtypes = [ctypes.c_int, *[_PTR] * 4, *[_I64] * 6, _PTR, _PTR, ctypes.c_int]
     library.layer_norm.restype = ctypes.c_int
+    library.channel_means.restype = ctypes.c_int
+    library.channel_means.argtypes = [ctypes.c_int, *[_PTR] * 3, *[_I64] * 4, ctypes.c_int]
     library.layer_norm.argtypes = [ctypes.c_int, *[_PTR] * 3, *[_I64] * 4, _PTR, _PTR, ctypes.c_float, ctypes.c_int]
     return library, None
 
@@ -266,6 +270,25 @@ def na2d_native(
         return None
     out = out[..., :dim] if padded_dim != dim else out
     return out.to(dtype)
+
+
+def channel_means(x: torch.Tensor) -> torch.Tensor:
+    """Float32 mean of each channel of a `(B, C, H, W)` map, `(B, C, 1, 1)`: summed in double, rounded once."""
+    x = _channels_last(x)
+    batch, channels, height, width = x.shape
+    out = torch.empty(batch, channels, 1, 1, dtype=torch.float32)
+    _library().channel_means(
+        int(x.dtype == torch.bfloat16),
+        x.data_ptr(),
+        out.data_ptr(),
+        (_I64 * 3)(x.stride(0), x.stride(2), x.stride(3)),
+        batch,
+        height,
+        width,
+        channels,
+        torch.get_num_threads(),
+    )
+    return out
 
 
 def box_means(x: torch.Tensor, box_h: int, box_w: int) -> torch.Tensor:
