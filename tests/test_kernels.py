@@ -36,11 +36,13 @@ def test_gated_kernel_matches_pytorch(native_kernels, hidden, with_bias, first, 
     x = torch.randn(2, 2 * hidden, rows_in, 13).contiguous(memory_format=torch.channels_last)
     weight = torch.randn(2 * hidden, 1, 3, 3) * 0.5
     bias = torch.randn(2 * hidden) if with_bias else None
-    out = native.gated_dwconv_gelu(x, weight, bias, first, rows)
     expected = gated_dwconv_gelu_reference(x, weight, bias, first, rows)
-    assert out.shape == expected.shape == (2, hidden, rows, 13)
-    assert out.is_contiguous(memory_format=torch.channels_last)
-    assert (out - expected).abs().max().item() <= 1e-5 * max(1.0, expected.abs().max().item())
+    # The map whole, and as two blocks of rows in separate tensors (a band and its halo).
+    for blocks in ([x], [x[:, :, :2].clone(), x[:, :, 2:].clone()]):
+        out = native.gated_dwconv_gelu(blocks, weight, bias, first, rows)
+        assert out.shape == expected.shape == (2, hidden, rows, 13)
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        assert (out - expected).abs().max().item() <= 1e-5 * max(1.0, expected.abs().max().item())
 
 
 @pytest.mark.parametrize(
@@ -56,7 +58,7 @@ def test_gated_kernel_in_bfloat16_is_as_accurate_as_pytorch(native_kernels, hidd
     x = torch.randn(1, 2 * hidden, rows_in, width).bfloat16().contiguous(memory_format=torch.channels_last)
     weight, bias = torch.randn(2 * hidden, 1, 3, 3) * 0.5, torch.randn(2 * hidden)
     exact = gated_dwconv_gelu_reference(x.float(), weight, bias, first, rows)
-    out = native.gated_dwconv_gelu(x, weight, bias, first, rows)
+    out = native.gated_dwconv_gelu([x], weight, bias, first, rows)
     assert out.dtype == torch.bfloat16
     with torch.autocast("cpu", dtype=torch.bfloat16):
         pytorch = gated_dwconv_gelu_reference(x, weight, bias, first, rows)
@@ -111,7 +113,9 @@ def test_channel_means_are_exact_means(native_kernels, shape, dtype) -> None:
     assert ((means.double() - exact).abs() <= exact.abs() * 2**-24).all()  # float32's rounding, once
 
 
-@pytest.mark.parametrize("band_pixels", [1, 10 * 24, 1 << 20])  # bands of 8 rows, of 10 (the last 1 row), one band
+# Bands of 8 rows; of 10 (the last one a single row, all of whose hidden rows were computed
+# before); one band.
+@pytest.mark.parametrize("band_pixels", [1, 10 * 24, 1 << 20])
 def test_feed_forward_bands_equal_the_whole_map(monkeypatch, band_pixels: int) -> None:
     torch.manual_seed(1)
     ffn = FeedForward(16, 2.66, bias=True).eval()

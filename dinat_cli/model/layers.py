@@ -43,10 +43,11 @@ class LayerNorm(nn.Module):
 class FeedForward(nn.Module):
     """Gated depth-wise convolution feed-forward network (GDFN).
 
-    Runs in bands of rows, each with a one-row halo for the 3x3 depth-wise convolution
-    (exact): the hidden maps, 5x wider than the input, stay band-sized instead of
-    image-sized, so they stay in cache and are reused from the heap rather than faulted
-    in afresh.
+    Runs in bands of rows: the hidden maps, 5x wider than the input, stay band-sized
+    instead of image-sized, so they stay in cache and are reused from the heap rather
+    than faulted in afresh. The 3x3 depth-wise convolution reads one row above and below
+    a band; those rows of the hidden map are computed once, with the band they belong to,
+    and read from there (recomputing them cost 11% of the input projection at 256 px).
     """
 
     band_pixels = 1 << 12
@@ -69,27 +70,28 @@ class FeedForward(nn.Module):
     def _banded(self, x: torch.Tensor, norm: nn.Module | None, residual: bool) -> torch.Tensor:
         height, width = x.shape[-2:]
         rows = max(8, self.band_pixels // width)
-        weights = self._aligned_weights() if ops.native.usable_for(x) else self._weights()
+        project_in, project_in_bias, dwconv, dwconv_bias, project_out = (
+            self._aligned_weights() if ops.native.usable_for(x) else self._weights()
+        )
         out = torch.empty_like(x)
+        hidden = x.new_empty(0)  # hidden rows [computed - hidden rows, computed)
+        computed = 0
         for top in range(0, height, rows):
             bottom = min(height, top + rows)
-            first, last = max(0, top - 1), min(height, bottom + 1)
-            band = x[:, :, first:last] if norm is None else norm(x[:, :, first:last])
-            result = self._hidden_to_output(band, weights, top - first, bottom - top)
+            first, last = max(0, top - 1), min(height, bottom + 1)  # the hidden rows this band reads
+            blocks = [hidden[:, :, hidden.shape[2] - (computed - first) :]] if first < computed else []
+            if computed < last:
+                band = x[:, :, computed:last] if norm is None else norm(x[:, :, computed:last])
+                hidden = F.conv2d(band, project_in, project_in_bias)
+                blocks.append(hidden)
+                computed = last
+            gated = ops.gated_dwconv_gelu(blocks, dwconv, dwconv_bias, top - first, bottom - top)
+            result = F.conv2d(gated, project_out, self.project_out.bias)
             if residual:
                 torch.add(x[:, :, top:bottom], result, out=out[:, :, top:bottom])
             else:
                 out[:, :, top:bottom] = result
         return out
-
-    def _hidden_to_output(
-        self, band: torch.Tensor, weights: tuple[torch.Tensor | None, ...], first: int, rows: int
-    ) -> torch.Tensor:
-        """Output rows [first, first + rows) of a band whose other rows are their halo."""
-        project_in, project_in_bias, dwconv, dwconv_bias, project_out = weights
-        hidden = F.conv2d(band, project_in, project_in_bias)
-        gated = ops.gated_dwconv_gelu(hidden, dwconv, dwconv_bias, first, rows)
-        return F.conv2d(gated, project_out, self.project_out.bias)
 
     def _weights(self) -> tuple[torch.Tensor | None, ...]:
         return (

@@ -443,12 +443,19 @@ int dispatch(const Problem &p, int threads) {
 }
 
 struct GatedConv {
-    const void *x;  // (B, rows_in, W, 2 * hidden) with unit channel stride: gates, then values
-    void *out;      // (B, rows, W, hidden) with unit channel stride
-    const int64_t *x_strides, *out_strides;  // batch, row, column (elements)
-    int64_t batch, rows, rows_in, first, width, hidden;
+    // Where each input row (B * rows_in) starts: W pixels of 2 * hidden channels (gates,
+    // then values) with unit channel stride, `x_step` elements apart. A table, because a
+    // band's rows may lie in more than one tensor (halo rows kept from the band before).
+    const void *const *x_rows;
+    void *out;  // (B, rows, W, hidden) with unit channel stride
+    const int64_t *out_strides;  // batch, row, column (elements)
+    int64_t x_step, batch, rows, rows_in, first, width, hidden;
     const float *weight;  // (9, 2 * hidden): tap-major, so a tap's channels are contiguous
     const float *bias;    // (2 * hidden) or null
+    template <typename T>
+    const T *row(int64_t b, int64_t r) const {
+        return static_cast<const T *>(x_rows[b * rows_in + r]);
+    }
 };
 
 // The 3x3 taps of one output pixel that fall inside the image: for each, where its input
@@ -461,7 +468,7 @@ struct Taps {
 };
 
 template <typename T>
-inline Taps<T> taps_at(const GatedConv &g, const T *image, int64_t row, int64_t col) {
+inline Taps<T> taps_at(const GatedConv &g, int64_t b, int64_t row, int64_t col) {
     Taps<T> taps;
     for (int64_t i = 0; i < 3; i++) {
         const int64_t r = row + i - 1;
@@ -469,7 +476,7 @@ inline Taps<T> taps_at(const GatedConv &g, const T *image, int64_t row, int64_t 
         for (int64_t j = 0; j < 3; j++) {
             const int64_t col_j = col + j - 1;
             if (col_j < 0 || col_j >= g.width) continue;
-            taps.pixels[taps.count] = image + r * g.x_strides[1] + col_j * g.x_strides[2];
+            taps.pixels[taps.count] = g.row<T>(b, r) + col_j * g.x_step;
             taps.weights[taps.count++] = g.weight + (i * 3 + j) * 2 * g.hidden;
         }
     }
@@ -508,7 +515,7 @@ inline void gated_pixel(const GatedConv &g, const Taps<T> &taps, T *out) {
 // the six input pixels they share are loaded once, and each tap's weights once for both.
 template <typename T>
 inline void gated_pair(const GatedConv &g, const Taps<T> &taps, T *out) {
-    const int64_t step = g.x_strides[2];
+    const int64_t step = g.x_step;
     for (int64_t c = 0; c < g.hidden; c += 16) {
         const int64_t first = c + 16 <= g.hidden ? c : g.hidden - 16;
         f32x16 gate[2], value[2];
@@ -541,16 +548,14 @@ constexpr int64_t kGatedTile = 64;
 
 template <typename T>
 void gated_rows(const GatedConv &g, int64_t begin, int64_t end) {
-    const T *x = static_cast<const T *>(g.x);
     T *out = static_cast<T *>(g.out);
     for (int64_t tile = 0; tile < g.width; tile += kGatedTile) {
         const int64_t tile_end = tile + kGatedTile < g.width ? tile + kGatedTile : g.width;
         for (int64_t index = begin; index < end; index++) {
             const int64_t b = index / g.rows, row = index % g.rows;
-            const T *image = x + b * g.x_strides[0];
             T *out_row = out + b * g.out_strides[0] + row * g.out_strides[1];
             for (int64_t col = tile; col < tile_end; col++) {
-                const Taps<T> taps = taps_at(g, image, row + g.first, col);
+                const Taps<T> taps = taps_at<T>(g, b, row + g.first, col);
                 T *pixel = out_row + col * g.out_strides[2];
                 if (taps.count == 9 && g.hidden >= 16 && col + 1 < tile_end && col + 2 < g.width) {
                     gated_pair(g, taps, pixel);
@@ -628,7 +633,7 @@ void gated_group_bf16(const GatedConv &g, const PackedGate &packed, const uint16
     alignas(64) static const uint16_t kChannelOrder[32] = {0,  1,  2,  3,  16, 17, 18, 19, 4,  5,  6,  7,  20, 21, 22, 23,
                                                            8,  9,  10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31};
     const __m512i order = _mm512_load_si512(kChannelOrder);
-    const int64_t step = g.x_strides[2];
+    const int64_t step = g.x_step;
     const int64_t offsets[2] = {group * 32, g.hidden + group * 32};
     const uint16_t *none[3] = {nullptr, nullptr, nullptr};
     PairColumn window[2][3];
@@ -662,7 +667,6 @@ void gated_group_bf16(const GatedConv &g, const PackedGate &packed, const uint16
 }
 
 void gated_rows_bf16(const GatedConv &g, const PackedGate &packed, int64_t begin, int64_t end) {
-    const uint16_t *x = static_cast<const uint16_t *>(g.x);
     uint16_t *out = static_cast<uint16_t *>(g.out);
     for (int64_t tile = 0; tile < g.width; tile += kGatedTile) {
         const int64_t tile_end = tile + kGatedTile < g.width ? tile + kGatedTile : g.width;
@@ -671,7 +675,7 @@ void gated_rows_bf16(const GatedConv &g, const PackedGate &packed, int64_t begin
             const uint16_t *rows[3];
             for (int i = 0; i < 3; i++) {
                 const int64_t r = row + i - 1;
-                rows[i] = (r < 0 || r >= g.rows_in) ? nullptr : x + b * g.x_strides[0] + r * g.x_strides[1];
+                rows[i] = (r < 0 || r >= g.rows_in) ? nullptr : g.row<uint16_t>(b, r);
             }
             uint16_t *out_row = out + b * g.out_strides[0] + (index % g.rows) * g.out_strides[1];
             for (int64_t group = 0; group < packed.groups; group++)
@@ -917,10 +921,11 @@ int layer_norm(int bfloat16, const void *x, void *out, const int64_t *x_strides,
 
 // out = gelu(dwconv3x3(x[gates])) * dwconv3x3(x[values]) for output rows [0, rows), which
 // read input rows [first - 1, first + rows + 1) of the rows_in given (beyond them: zeros).
-int gated_dwconv_gelu(int bfloat16, const void *x, void *out, const int64_t *x_strides, const int64_t *out_strides,
+// x_rows: where each input row starts, B * rows_in of them; x_step: the column stride.
+int gated_dwconv_gelu(int bfloat16, const void *const *x_rows, int64_t x_step, void *out, const int64_t *out_strides,
                       int64_t batch, int64_t rows, int64_t rows_in, int64_t first, int64_t width, int64_t hidden,
                       const float *weight, const float *bias, int threads) {
-    const GatedConv g{x, out, x_strides, out_strides, batch, rows, rows_in, first, width, hidden, weight, bias};
+    const GatedConv g{x_rows, out, out_strides, x_step, batch, rows, rows_in, first, width, hidden, weight, bias};
 #if defined(__AVX512BF16__)
     if (bfloat16 && hidden % 32 == 0) {
         const PackedGate packed = pack_gate(g);

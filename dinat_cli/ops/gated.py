@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -9,23 +11,24 @@ from dinat_cli.ops import native
 
 
 def gated_dwconv_gelu(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, first: int, rows: int
+    blocks: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None, first: int, rows: int
 ) -> torch.Tensor:
     """Rows `[first, first + rows)` of `gelu(dw(hidden)[:C]) * dw(hidden)[C:]` for a `(B, 2C, R, W)` map.
 
-    `weight` `(2C, 1, 3, 3)` and `bias` are the depth-wise convolution's; the rows of
-    `hidden` beyond the band are the convolution's zero padding (the image's edge). On
-    CPU the native kernel does it in one pass; elsewhere, or without a compiler, PyTorch.
+    `hidden` is given as `blocks`, consecutive bands of its rows. `weight` `(2C, 1, 3, 3)`
+    and `bias` are the depth-wise convolution's; the rows of `hidden` beyond the band are
+    the convolution's zero padding (the image's edge). On CPU the native kernel does it
+    in one pass over the blocks where they lie; elsewhere, or without a compiler, PyTorch.
     """
-    if native.usable_for(hidden):
-        return native.gated_dwconv_gelu(hidden, weight, bias, first, rows)
-    return gated_dwconv_gelu_reference(hidden, weight, bias, first, rows)
+    if native.usable_for(blocks[0]):
+        return native.gated_dwconv_gelu(blocks, weight, bias, first, rows)
+    return gated_dwconv_gelu_reference(torch.cat(list(blocks), dim=2), weight, bias, first, rows)
 
 
 def gated_dwconv_gelu_reference(
     hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, first: int, rows: int
 ) -> torch.Tensor:
-    """The same in PyTorch operations."""
+    """The same on one `(B, 2C, R, W)` tensor, in PyTorch operations."""
     convolved = F.conv2d(hidden, weight, bias, padding=1, groups=hidden.shape[1])[:, :, first : first + rows]
     gate, value = convolved.chunk(2, dim=1)
     return F.gelu(gate) * value

@@ -28,6 +28,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -98,7 +99,7 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     library.box_means.restype = ctypes.c_int
     library.box_means.argtypes = [ctypes.c_int, *[_PTR] * 3, *[_I64] * 6, ctypes.c_int]
     library.gated_dwconv_gelu.restype = ctypes.c_int
-    library.gated_dwconv_gelu.argtypes = [ctypes.c_int, *[_PTR] * 4, *[_I64] * 6, _PTR, _PTR, ctypes.c_int]
+    library.gated_dwconv_gelu.argtypes = [ctypes.c_int, _PTR, _I64, *[_PTR] * 2, *[_I64] * 6, _PTR, _PTR, ctypes.c_int]
     library.layer_norm.restype = ctypes.c_int
     library.channel_means.restype = ctypes.c_int
     library.channel_means.argtypes = [ctypes.c_int, *[_PTR] * 3, *[_I64] * 4, ctypes.c_int]
@@ -135,24 +136,37 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
 
 
 def gated_dwconv_gelu(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, first: int, rows: int
+    blocks: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None, first: int, rows: int
 ) -> torch.Tensor:
     """`gelu(dw(gates)) * dw(values)` for `rows` rows of a channels-last `(B, 2C, R, W)` map.
 
-    Output row i is centred on input row `first + i`; rows beyond the input are zeros,
-    as the convolution's padding is at the image's top and bottom. `weight` is the
-    depth-wise `(2C, 1, 3, 3)`, `bias` `(2C,)` or None. Returns `(B, C, rows, W)` channels-last.
+    The map is given as `blocks`, consecutive bands of its rows (the kernel reads them
+    where they lie, without concatenating). Output row i is centred on input row
+    `first + i`; rows beyond the input are zeros, as the convolution's padding is at the
+    image's top and bottom. `weight` is the depth-wise `(2C, 1, 3, 3)`, `bias` `(2C,)` or
+    None. Returns `(B, C, rows, W)` channels-last.
     """
-    x = _channels_last(hidden)
-    batch, channels, rows_in, width = x.shape
-    out = torch.empty(batch, channels // 2, rows, width, dtype=x.dtype, memory_format=torch.channels_last)
+    dtype = blocks[0].dtype
+    blocks = [_channels_last(block) for block in blocks]
+    batch, channels, _, width = blocks[0].shape
+    rows_in = sum(block.shape[2] for block in blocks)
+    element = blocks[0].element_size()
+    row_starts = (_PTR * (batch * rows_in))(
+        *(
+            block.data_ptr() + (b * block.stride(0) + r * block.stride(2)) * element
+            for b in range(batch)
+            for block in blocks
+            for r in range(block.shape[2])
+        )
+    )
+    out = torch.empty(batch, channels // 2, rows, width, dtype=blocks[0].dtype, memory_format=torch.channels_last)
     taps = weight.detach().float().reshape(channels, 9).t().contiguous()
     bias = None if bias is None else bias.detach().float().contiguous()
     _library().gated_dwconv_gelu(
-        int(x.dtype == torch.bfloat16),
-        x.data_ptr(),
+        int(blocks[0].dtype == torch.bfloat16),
+        row_starts,
+        blocks[0].stride(3),
         out.data_ptr(),
-        (_I64 * 3)(x.stride(0), x.stride(2), x.stride(3)),
         (_I64 * 3)(out.stride(0), out.stride(2), out.stride(3)),
         batch,
         rows,
@@ -164,7 +178,7 @@ def gated_dwconv_gelu(
         None if bias is None else bias.data_ptr(),
         torch.get_num_threads(),
     )
-    return out.to(hidden.dtype)
+    return out.to(dtype)
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
