@@ -626,41 +626,53 @@ inline PairColumn pair_column(const uint16_t *const rows[3], int64_t offset) {
     return column;
 }
 
-// Output columns [begin, end) of one row, for one group of 32 channels of each half.
+// The depth-wise sums of one half (gates or values) of a group of 32 channels, for output
+// columns [begin, end) of one row: two vectors per column (low and high lanes). One half
+// at a time, its twelve weight vectors and three columns of pairs stay in registers.
+void gated_half_bf16(const GatedConv &g, const PackedGate &packed, const uint16_t *const rows[3], int half,
+                     int64_t group, int64_t begin, int64_t end, __m512 *sums) {
+    const int64_t step = g.x_step, offset = half * g.hidden + group * 32;
+    const uint16_t *none[3] = {nullptr, nullptr, nullptr};
+    const auto column = [&](int64_t col) {
+        return col >= 0 && col < g.width ? pair_column(rows, col * step + offset) : pair_column(none, 0);
+    };
+    __m512bh taps[3][2][2];
+    for (int j = 0; j < 3; j++)
+        for (int kind = 0; kind < 2; kind++)
+            for (int part = 0; part < 2; part++)
+                taps[j][kind][part] = (__m512bh)_mm512_loadu_si512(packed.tap(half, group, j, kind, part));
+    const float *bias = packed.bias.data() + (half * packed.groups + group) * 32;
+    const __m512 bias_low = _mm512_loadu_ps(bias), bias_high = _mm512_loadu_ps(bias + 16);
+    PairColumn window[3] = {column(begin - 1), column(begin), {}};
+    for (int64_t col = begin; col < end; col++) {
+        window[2] = column(col + 1);
+        __m512 low = bias_low, high = bias_high;
+        for (int j = 0; j < 3; j++)
+            for (int kind = 0; kind < 2; kind++) {
+                low = _mm512_dpbf16_ps(low, (__m512bh)window[j].pairs[kind][0], taps[j][kind][0]);
+                high = _mm512_dpbf16_ps(high, (__m512bh)window[j].pairs[kind][1], taps[j][kind][1]);
+            }
+        sums[2 * (col - begin)] = low;
+        sums[2 * (col - begin) + 1] = high;
+        window[0] = window[1];
+        window[1] = window[2];
+    }
+}
+
+// Output columns [begin, end) (at most a tile) of one row, for one group of 32 channels.
 void gated_group_bf16(const GatedConv &g, const PackedGate &packed, const uint16_t *const rows[3], uint16_t *out_row,
                       int64_t group, int64_t begin, int64_t end) {
     // Lane order back to channel order after packing the low and high halves side by side.
     alignas(64) static const uint16_t kChannelOrder[32] = {0,  1,  2,  3,  16, 17, 18, 19, 4,  5,  6,  7,  20, 21, 22, 23,
                                                            8,  9,  10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31};
     const __m512i order = _mm512_load_si512(kChannelOrder);
-    const int64_t step = g.x_step;
-    const int64_t offsets[2] = {group * 32, g.hidden + group * 32};
-    const uint16_t *none[3] = {nullptr, nullptr, nullptr};
-    PairColumn window[2][3];
-    for (int half = 0; half < 2; half++)
-        for (int j = 0; j < 2; j++) {
-            const int64_t col = begin - 1 + j;
-            window[half][j] = (col >= 0 && col < g.width) ? pair_column(rows, col * step + offsets[half])
-                                                          : pair_column(none, 0);
-        }
+    __m512 gates[2 * kGatedTile], values[2 * kGatedTile];
+    gated_half_bf16(g, packed, rows, 0, group, begin, end, gates);
+    gated_half_bf16(g, packed, rows, 1, group, begin, end, values);
     for (int64_t col = begin; col < end; col++) {
-        const bool inside = col + 1 < g.width;
-        __m512 sums[2][2];
-        for (int half = 0; half < 2; half++) {
-            window[half][2] = inside ? pair_column(rows, (col + 1) * step + offsets[half]) : pair_column(none, 0);
-            for (int part = 0; part < 2; part++) {
-                __m512 sum = _mm512_loadu_ps(packed.bias.data() + ((half * packed.groups + group) * 2 + part) * 16);
-                for (int j = 0; j < 3; j++)
-                    for (int kind = 0; kind < 2; kind++)
-                        sum = _mm512_dpbf16_ps(sum, (__m512bh)window[half][j].pairs[kind][part],
-                                               (__m512bh)_mm512_loadu_si512(packed.tap(half, group, j, kind, part)));
-                sums[half][part] = sum;
-            }
-            window[half][0] = window[half][1];
-            window[half][1] = window[half][2];
-        }
-        const f32x16 low = gelu((f32x16)sums[0][0]) * (f32x16)sums[1][0];
-        const f32x16 high = gelu((f32x16)sums[0][1]) * (f32x16)sums[1][1];
+        const int64_t i = 2 * (col - begin);
+        const f32x16 low = gelu((f32x16)gates[i]) * (f32x16)values[i];
+        const f32x16 high = gelu((f32x16)gates[i + 1]) * (f32x16)values[i + 1];
         const __m512i packed_out = (__m512i)_mm512_cvtne2ps_pbh((__m512)high, (__m512)low);
         _mm512_storeu_si512(out_row + col * g.out_strides[2] + group * 32, _mm512_permutexvar_epi16(order, packed_out));
     }
