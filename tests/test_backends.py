@@ -113,7 +113,7 @@ def test_native_matches_the_reference_for_any_head_size_and_window(heads, dim, k
 # 16 and 48: an odd number of 16-lane vectors, whose last 16 channels take the tail paths
 # of the pairwise bfloat16 dot products and value sums.
 @pytest.mark.parametrize("dim", [16, 32, 48, 96])
-def test_native_bfloat16_rounds_like_torch(dim: int) -> None:
+def test_native_bfloat16_is_as_accurate_as_torch(dim: int) -> None:
     _skip_unavailable("native")
     torch.manual_seed(3)
     q, k, v = (torch.randn(1, 2, 20, 21, dim) for _ in range(3))
@@ -123,9 +123,12 @@ def test_native_bfloat16_rounds_like_torch(dim: int) -> None:
     assert half.dtype == torch.bfloat16
     # bfloat16 inputs (8 bits of mantissa) against float32 ones: the outputs' rounding and the inputs'.
     assert (half.float() - exact).abs().max().item() <= 0.05
-    # computed in float32 from the rounded inputs: equal to the reference on those inputs, up to the last rounding
-    reference = neighborhood.na2d(*(t.bfloat16().float() for t in (q, k, v)), 7, 2, rpb=rpb).bfloat16()
-    assert (half.float() - reference.float()).abs().max().item() <= 2**-7
+    # The probabilities are rounded to bfloat16 for the value sums, as PyTorch's bfloat16
+    # computation of the reference rounds them: no less accurate than that, at most or on average.
+    pytorch = neighborhood.na2d(*(t.bfloat16() for t in (q, k, v)), 7, 2, rpb=rpb)
+    error, pytorch_error = ((y.float() - exact).abs() for y in (half, pytorch))
+    assert error.max() <= pytorch_error.max()
+    assert error.pow(2).mean() <= pytorch_error.pow(2).mean()
 
 
 def test_native_build_failure_is_one_reason_and_auto_moves_on(monkeypatch, tmp_path) -> None:

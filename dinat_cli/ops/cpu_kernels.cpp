@@ -1,5 +1,8 @@
 // CPU kernels built for the host on first use (see native.py), for float32 and bfloat16
-// tensors; bfloat16 is computed in float32 and rounded to nearest even on store.
+// tensors. bfloat16 is summed in float32 and rounded to nearest even on store; with
+// AVX512-BF16 the products are of bfloat16 pairs, so the factors that are not inputs (the
+// gate's weights, the attention's probabilities) are rounded to bfloat16 as PyTorch's
+// bfloat16 operations round them.
 // Vectors are 16 float lanes (GCC/Clang vector extensions, lowered to the host's SIMD).
 //
 // - na2d_forward: dilated neighbourhood attention, the `native` attention backend.
@@ -303,6 +306,64 @@ struct ValueSum<uint16_t, CH> {
     }
 };
 
+#if defined(__AVX512BF16__)
+// vpunpck{l,h}wd interleave two vectors of 32 bfloat16 within 128-bit lanes, so sums of
+// products of interleaved pairs hold channels 0-3 of each eight in the "low" vector and
+// 4-7 in the "high" one. Packed side by side as bfloat16 (low, then high), this
+// permutation puts them back in channel order.
+alignas(64) constexpr uint16_t kPairChannelOrder[32] = {0,  1,  2,  3,  16, 17, 18, 19, 4,  5,  6,  7,  20, 21, 22, 23,
+                                                        8,  9,  10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31};
+
+// bfloat16 with AVX512-BF16, windows of up to 8 columns (one group of keys per window
+// row): the value sum as products of pairs, one instruction per 32 products instead of
+// widening every value. Lanes 2m and 2m + 1 of the logits hold the keys of window rows
+// 2r and 2r + 1 in the same column (see LogitLayout), so the probabilities, rounded to
+// bfloat16 as PyTorch's bfloat16 attention rounds them, pair up as they lie; the two
+// rows' values are interleaved to match. An odd last row pairs with zeros.
+template <int CH>
+inline void pair_values(const LogitLayout &layout, int64_t K, const float *probabilities, const Window<uint16_t> &values,
+                        uint16_t *out) {
+    constexpr int kChunks = (CH + 1) / 2;
+    constexpr __mmask32 kTail = CH % 2 ? 0x0000ffffu : 0xffffffffu;
+    alignas(64) uint16_t rounded[kMaxLogits];
+    for (int64_t n = 0; n < layout.vectors; n++)
+        _mm256_store_si256((__m256i *)(rounded + 16 * n), (__m256i)_mm512_cvtneps_pbh(_mm512_load_ps(probabilities + 16 * n)));
+    const uint32_t *pairs = reinterpret_cast<const uint32_t *>(rounded);
+    __m512 low[kChunks], high[kChunks];
+    for (int x = 0; x < kChunks; x++) low[x] = high[x] = _mm512_setzero_ps();
+    const auto chunk = [](const uint16_t *p, int x) {
+        return x == kChunks - 1 ? _mm512_maskz_loadu_epi16(kTail, p + 32 * x) : _mm512_loadu_si512(p + 32 * x);
+    };
+    const int32_t *lane = layout.lane.data();
+    for (int64_t i = 0; i < K; i += 2) {
+        for (int64_t j = 0; j < K; j++) {
+            const __m512bh w = (__m512bh)_mm512_set1_epi32(int(pairs[lane[i * K + j] >> 1]));
+            const uint16_t *a = values.at(i, j);
+            if (i + 1 < K) {
+                const uint16_t *b = values.at(i + 1, j);
+                for (int x = 0; x < kChunks; x++) {
+                    const __m512i va = chunk(a, x), vb = chunk(b, x);
+                    low[x] = _mm512_dpbf16_ps(low[x], (__m512bh)_mm512_unpacklo_epi16(va, vb), w);
+                    high[x] = _mm512_dpbf16_ps(high[x], (__m512bh)_mm512_unpackhi_epi16(va, vb), w);
+                }
+            } else {
+                const __m512i zero = _mm512_setzero_si512();
+                for (int x = 0; x < kChunks; x++) {
+                    const __m512i va = chunk(a, x);
+                    low[x] = _mm512_dpbf16_ps(low[x], (__m512bh)_mm512_unpacklo_epi16(va, zero), w);
+                    high[x] = _mm512_dpbf16_ps(high[x], (__m512bh)_mm512_unpackhi_epi16(va, zero), w);
+                }
+            }
+        }
+    }
+    const __m512i order = _mm512_load_si512(kPairChannelOrder);
+    for (int x = 0; x < kChunks; x++) {
+        const __m512i sums = _mm512_permutexvar_epi16(order, (__m512i)_mm512_cvtne2ps_pbh(high[x], low[x]));
+        _mm512_mask_storeu_epi16(out + 32 * x, x == kChunks - 1 ? kTail : 0xffffffffu, sums);
+    }
+}
+#endif
+
 // One query: CH = D / 16 vectors of 16 lanes. `bias` holds, in the logits' layout, the
 // relative position bias of every key for this query's row and column pattern, and -inf
 // in lanes that hold no key.
@@ -341,6 +402,14 @@ inline void attend(const Problem &p, const LogitLayout &layout, const T *query_i
     }
     const f32x16 inverse = 1.0f / all_sum(total);
     for (int64_t n = 0; n < layout.vectors; n++) store(logits + 16 * n, load(logits + 16 * n) * inverse);
+#if defined(__AVX512BF16__)
+    if constexpr (sizeof(T) == 2) {
+        if (layout.groups_per_row == 1) {
+            pair_values<CH>(layout, K, logits, values, out);
+            return;
+        }
+    }
+#endif
     // Two sums, of even and odd keys: half as long a chain of dependent adds.
     ValueSum<T, CH> even, odd;
     const int32_t *lane = layout.lane.data();
@@ -575,8 +644,7 @@ void gated_rows(const GatedConv &g, int64_t begin, int64_t end) {
 // (vdpbf16ps: 32 products per instruction, against 16 per widened float FMA). A column of
 // three input pixels makes two pairs per channel, rows 0 and 1, and row 2 with a zero;
 // each pair vector is built once per column and used by the three output pixels that
-// read it. Interleaving works within 128-bit lanes, so the low (high) accumulator of a
-// group of 32 channels holds channels 0-3 (4-7) of each group of eight.
+// read it. Sums are in the interleaved order (see kPairChannelOrder).
 inline int64_t pair_lane_channel(int64_t lane, int part) { return lane / 4 * 8 + part * 4 + lane % 4; }
 
 struct PackedGate {
@@ -662,10 +730,7 @@ void gated_half_bf16(const GatedConv &g, const PackedGate &packed, const uint16_
 // Output columns [begin, end) (at most a tile) of one row, for one group of 32 channels.
 void gated_group_bf16(const GatedConv &g, const PackedGate &packed, const uint16_t *const rows[3], uint16_t *out_row,
                       int64_t group, int64_t begin, int64_t end) {
-    // Lane order back to channel order after packing the low and high halves side by side.
-    alignas(64) static const uint16_t kChannelOrder[32] = {0,  1,  2,  3,  16, 17, 18, 19, 4,  5,  6,  7,  20, 21, 22, 23,
-                                                           8,  9,  10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31};
-    const __m512i order = _mm512_load_si512(kChannelOrder);
+    const __m512i order = _mm512_load_si512(kPairChannelOrder);
     __m512 gates[2 * kGatedTile], values[2 * kGatedTile];
     gated_half_bf16(g, packed, rows, 0, group, begin, end, gates);
     gated_half_bf16(g, packed, rows, 1, group, begin, end, values);
