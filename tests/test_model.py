@@ -9,7 +9,7 @@ import torch
 
 from dinat_cli.model import RestoreDiNAT
 from dinat_cli.model.attention import NeighborhoodAttention2D
-from dinat_cli.model.blocks import _band_matrix
+from dinat_cli.model.blocks import TransBlock, _band_matrix
 from dinat_cli.model.layers import FeedForward
 from dinat_cli.ops import native
 
@@ -94,3 +94,14 @@ def test_channel_filter_band_matrix_equals_the_official_conv1d(channels: int) ->
     taps, series = torch.randn(7), torch.randn(50, channels)
     expected = torch.nn.functional.conv1d(series[:, None], taps[None, None], padding=3)[:, 0]
     assert (series @ _band_matrix(taps, channels) - expected).abs().max().item() <= 1e-5
+
+
+def test_channel_filter_follows_a_checkpoint_load() -> None:
+    """The kept band matrix is rebuilt when the filter's weight is replaced in place."""
+    torch.manual_seed(4)
+    block, other = (TransBlock(16, 1, 7, 1, 2.66, False, "WithBias", True, None).eval() for _ in range(2))
+    x = torch.randn(1, 16, 9, 9)
+    with torch.inference_mode():
+        block.channel_modulation(x)  # builds and keeps the matrix
+        block.load_state_dict(other.state_dict())
+        assert torch.equal(block.channel_modulation(x), other.channel_modulation(x))

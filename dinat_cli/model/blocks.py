@@ -36,6 +36,7 @@ class TransBlock(nn.Module):
             self.pool = ChannelPool(pool_kernel)
             # A 7-tap filter across the channel axis of the pooled statistics.
             self.conv = nn.Conv1d(1, 1, kernel_size=7, padding=3, bias=False)
+            self._filter: tuple[tuple, torch.Tensor] | None = None
         self.norm2 = LayerNorm(dim, layer_norm_type)
         self.ffn = FeedForward(dim, ffn_expansion_factor, bias)
 
@@ -53,18 +54,27 @@ class TransBlock(nn.Module):
         # positions. A one-channel conv1d over every position's channel series falls to
         # PyTorch's slow reference convolution, and unfolding the windows copies each
         # value 7 times (800 MB at level 1 of a 1280x720 image under TLC).
-        gate = torch.sigmoid(pooled @ _band_matrix(self.conv.weight.reshape(7), pooled.shape[-1]).to(pooled.dtype))
+        gate = torch.sigmoid(pooled @ self._channel_filter(pooled.shape[-1], pooled.dtype))
         gate = gate.permute(0, 3, 1, 2)
         # The gate is per pixel, so padding it equals gating the padded means.
         return F.pad(gate, padding, mode="replicate") if any(padding) else gate
+
+    def _channel_filter(self, channels: int, dtype: torch.dtype) -> torch.Tensor:
+        """The filter's band matrix, kept while the weight is unchanged (building it is ten small operations)."""
+        weight = self.conv.weight
+        key = (weight.data_ptr(), weight._version, channels, dtype, weight.device)
+        if self._filter is None or self._filter[0] != key:
+            self._filter = (key, _band_matrix(weight.reshape(7), channels).to(dtype))
+        return self._filter[1]
 
 
 def _band_matrix(taps: torch.Tensor, channels: int) -> torch.Tensor:
     """`(C, C)` matrix M with `series @ M` = the zero-padded, centred filter `taps` along a series of C."""
     radius = taps.shape[0] // 2
-    offsets = torch.arange(channels)[:, None] - torch.arange(channels)[None, :] + radius  # input - output + radius
+    index = torch.arange(channels, device=taps.device)
+    offsets = index[:, None] - index[None, :] + radius  # input - output + radius
     inside = (offsets >= 0) & (offsets < taps.shape[0])
-    return torch.where(inside, taps.detach()[offsets.clamp(0, taps.shape[0] - 1)], torch.zeros((), dtype=taps.dtype))
+    return torch.where(inside, taps.detach()[offsets.clamp(0, taps.shape[0] - 1)], taps.new_zeros(()))
 
 
 class DualTransBlock(nn.Module):
