@@ -19,6 +19,7 @@
 #include <cmath>
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 namespace {
@@ -495,8 +496,191 @@ void run(const Problem &p, int threads) {
     });
 }
 
+#if defined(__AVX512BF16__)
+// Small dilation groups (bfloat16 with AVX512-BF16). The queries of one dilation group
+// only ever see keys of that group, so where a group has at most 64 members (a 256 px
+// map at dilation 36, 128 at 18, ...) its keys and values are packed once for all of its
+// queries, and every query takes the products with all 64 packed keys: lanes are keys,
+// so no sums across lanes are needed, and the keys outside its window get a bias of
+// -inf. 64 lanes for 49 keys costs less than the per-query gathers and sums it saves.
+constexpr int64_t kGroupKeys = 64;
+
+struct SmallGroups {
+    int64_t dilation, rows, cols;  // the largest group's rows and columns
+    static int64_t length(int64_t extent, int64_t dilation, int64_t group) { return (extent - group + dilation - 1) / dilation; }
+    static bool apply(const Problem &p, SmallGroups &groups) {
+        if (p.kernel < 2) return false;
+        groups.dilation = p.key_rows[1] - p.key_rows[0];  // the first query's window: 0, d, 2d, ...
+        groups.rows = length(p.height, groups.dilation, 0);
+        groups.cols = length(p.width, groups.dilation, 0);
+        return groups.rows * groups.cols <= kGroupKeys;
+    }
+};
+
+// One thread's packed group: keys as 32-bit pairs of channels, key-major within a
+// channel pair (so 16 keys' pair t fill one vector); values interleaved by key pairs;
+// the bias of every query of the group for every key lane.
+template <int CH>
+struct PackedGroup {
+    static constexpr int kChunks = (CH + 1) / 2;
+    alignas(64) uint32_t keys[8 * CH][kGroupKeys];
+    alignas(64) __m512i values[kGroupKeys / 2][kChunks][2];
+    alignas(64) float bias[kGroupKeys][kGroupKeys];
+    int64_t bias_for[3] = {-1, -1, -1};  // the (rows, cols, head) `bias` holds
+};
+
+template <int CH>
+void fill_group_bias(const Problem &p, int64_t gr, int64_t gc, int64_t rows, int64_t cols, int64_t h,
+                     const SmallGroups &groups, PackedGroup<CH> &g) {
+    if (g.bias_for[0] == rows && g.bias_for[1] == cols && g.bias_for[2] == h) return;
+    // Windows and bias indices depend only on a query's rank in its group and the group's
+    // length: the table serves every group of this shape.
+    const int64_t K = p.kernel, d = groups.dilation, side = 2 * K - 1;
+    const float *rpb = p.rpb ? p.rpb + h * side * side : nullptr;
+    for (int64_t qi = 0; qi < rows; qi++)
+        for (int64_t qj = 0; qj < cols; qj++) {
+            float *lanes = g.bias[qi * cols + qj];
+            std::fill(lanes, lanes + kGroupKeys, -INFINITY);
+            const int64_t r = gr + qi * d, c = gc + qj * d;
+            for (int64_t i = 0; i < K; i++)
+                for (int64_t j = 0; j < K; j++) {
+                    const int64_t key = (p.key_rows[r * K + i] - gr) / d * cols + (p.key_cols[c * K + j] - gc) / d;
+                    lanes[key] = rpb ? rpb[p.bias_rows[r * K + i] * side + p.bias_cols[c * K + j]] : 0.0f;
+                }
+        }
+    g.bias_for[0] = rows, g.bias_for[1] = cols, g.bias_for[2] = h;
+}
+
+template <int CH>
+void attend_group(const Problem &p, int64_t b, int64_t h, int64_t gr, int64_t gc, const SmallGroups &groups,
+                  PackedGroup<CH> &g) {
+    constexpr int kChunks = PackedGroup<CH>::kChunks;
+    constexpr __mmask32 kTail = CH % 2 ? 0x0000ffffu : 0xffffffffu;
+    const int64_t d = groups.dilation;
+    const int64_t rows = SmallGroups::length(p.height, d, gr), cols = SmallGroups::length(p.width, d, gc);
+    constexpr int kBlocks = kGroupKeys / 16;
+    const int64_t count = rows * cols, pairs = (count + 1) / 2;
+    const uint16_t *q = static_cast<const uint16_t *>(p.q) + b * p.q_strides[0] + h * p.q_strides[1];
+    const uint16_t *k = static_cast<const uint16_t *>(p.k) + b * p.k_strides[0] + h * p.k_strides[1];
+    const uint16_t *v = static_cast<const uint16_t *>(p.v) + b * p.v_strides[0] + h * p.v_strides[1];
+    uint16_t *out = static_cast<uint16_t *>(p.out) + b * p.out_strides[0] + h * p.out_strides[1];
+    const auto at = [&](int64_t key, const int64_t *strides) {
+        return (gr + key / cols * d) * strides[2] + (gc + key % cols * d) * strides[3];
+    };
+    const auto chunk = [](const uint16_t *x, int c) {
+        return c == kChunks - 1 ? _mm512_maskz_loadu_epi16(kTail, x + 32 * c) : _mm512_loadu_si512(x + 32 * c);
+    };
+    // Pack: lanes past the group's keys hold zeros (their bias is -inf; zeros keep them finite).
+    for (int64_t key = 0; key < kGroupKeys; key++) {
+        const uint32_t *pairs_of = key < count ? reinterpret_cast<const uint32_t *>(k + at(key, p.k_strides)) : nullptr;
+        for (int t = 0; t < 8 * CH; t++) g.keys[t][key] = pairs_of ? pairs_of[t] : 0u;
+    }
+    const __m512i zero = _mm512_setzero_si512();
+    for (int64_t m = 0; m < pairs; m++) {
+        const uint16_t *first = v + at(2 * m, p.v_strides);
+        const uint16_t *second = 2 * m + 1 < count ? v + at(2 * m + 1, p.v_strides) : nullptr;
+        for (int c = 0; c < kChunks; c++) {
+            const __m512i a = chunk(first, c), b2 = second ? chunk(second, c) : zero;
+            g.values[m][c][0] = _mm512_unpacklo_epi16(a, b2);
+            g.values[m][c][1] = _mm512_unpackhi_epi16(a, b2);
+        }
+    }
+    fill_group_bias(p, gr, gc, rows, cols, h, groups, g);
+    const __m512i order = _mm512_load_si512(kPairChannelOrder);
+    const auto query_at = [&](int64_t query) {
+        return q + (gr + query / cols * d) * p.q_strides[2] + (gc + query % cols * d) * p.q_strides[3];
+    };
+    for (int64_t query = 0; query < count; query++) {
+        // Queries lie d pixels apart: fetch the next one's channels while this one is computed.
+        if (query + 1 < count)
+            for (int line = 0; line < CH * 32; line += 64) __builtin_prefetch(reinterpret_cast<const char *>(query_at(query + 1)) + line);
+        const uint32_t *query_pairs = reinterpret_cast<const uint32_t *>(query_at(query));
+        // Two sets of sums (even and odd channel pairs): half as long chains of dependent products.
+        __m512 even[kBlocks], odd[kBlocks];
+        for (int n = 0; n < kBlocks; n++) even[n] = odd[n] = _mm512_setzero_ps();
+        for (int t = 0; t < 8 * CH; t += 2) {
+            const __m512bh first = (__m512bh)_mm512_set1_epi32(int(query_pairs[t]));
+            const __m512bh second = (__m512bh)_mm512_set1_epi32(int(query_pairs[t + 1]));
+            for (int n = 0; n < kBlocks; n++) {
+                even[n] = _mm512_dpbf16_ps(even[n], first, (__m512bh)_mm512_load_si512(&g.keys[t][16 * n]));
+                odd[n] = _mm512_dpbf16_ps(odd[n], second, (__m512bh)_mm512_load_si512(&g.keys[t + 1][16 * n]));
+            }
+        }
+        f32x16 logits[kBlocks], top = splat(-INFINITY);
+        for (int n = 0; n < kBlocks; n++) {
+            logits[n] = ((f32x16)even[n] + (f32x16)odd[n]) * p.scale + load(g.bias[query] + 16 * n);
+            top = vmax(top, logits[n]);
+        }
+        const f32x16 peak = all_max(top);
+        f32x16 total = {};
+        for (int n = 0; n < kBlocks; n++) {
+            logits[n] = exp_nonpositive(logits[n] - peak);
+            total += logits[n];
+        }
+        const f32x16 inverse = 1.0f / all_sum(total);
+        alignas(64) uint16_t rounded[kGroupKeys];
+        for (int n = 0; n < kBlocks; n++)
+            _mm256_store_si256((__m256i *)(rounded + 16 * n), (__m256i)_mm512_cvtneps_pbh((__m512)(logits[n] * inverse)));
+        const uint32_t *weights = reinterpret_cast<const uint32_t *>(rounded);
+        __m512 low[2][kChunks], high[2][kChunks];
+        for (int c = 0; c < kChunks; c++) low[0][c] = high[0][c] = low[1][c] = high[1][c] = _mm512_setzero_ps();
+        int64_t m = 0;
+        for (; m + 1 < pairs; m += 2)
+            for (int side = 0; side < 2; side++) {
+                const __m512bh w = (__m512bh)_mm512_set1_epi32(int(weights[m + side]));
+                for (int c = 0; c < kChunks; c++) {
+                    low[side][c] = _mm512_dpbf16_ps(low[side][c], (__m512bh)g.values[m + side][c][0], w);
+                    high[side][c] = _mm512_dpbf16_ps(high[side][c], (__m512bh)g.values[m + side][c][1], w);
+                }
+            }
+        if (m < pairs) {
+            const __m512bh w = (__m512bh)_mm512_set1_epi32(int(weights[m]));
+            for (int c = 0; c < kChunks; c++) {
+                low[0][c] = _mm512_dpbf16_ps(low[0][c], (__m512bh)g.values[m][c][0], w);
+                high[0][c] = _mm512_dpbf16_ps(high[0][c], (__m512bh)g.values[m][c][1], w);
+            }
+        }
+        uint16_t *target = out + (gr + query / cols * d) * p.out_strides[2] + (gc + query % cols * d) * p.out_strides[3];
+        for (int c = 0; c < kChunks; c++) {
+            const __m512i sums = _mm512_permutexvar_epi16(
+                order, (__m512i)_mm512_cvtne2ps_pbh(_mm512_add_ps(high[0][c], high[1][c]), _mm512_add_ps(low[0][c], low[1][c])));
+            _mm512_mask_storeu_epi16(target + 32 * c, c == kChunks - 1 ? kTail : 0xffffffffu, sums);
+        }
+    }
+}
+
+template <int CH>
+void run_small_groups(const Problem &p, const SmallGroups &groups, int threads) {
+    const int64_t d = groups.dilation;
+    parallel_for(p.batch * p.heads * d * d, threads, [&](int64_t begin, int64_t end) {
+        std::unique_ptr<PackedGroup<CH>> packed(new PackedGroup<CH>);
+        for (int64_t index = begin; index < end; index++) {
+            const int64_t gc = index % d, gr = index / d % d, h = index / (d * d) % p.heads, b = index / (d * d * p.heads);
+            attend_group<CH>(p, b, h, gr, gc, groups, *packed);
+        }
+    });
+}
+
+int dispatch_small_groups(const Problem &p, const SmallGroups &groups, int threads) {
+    switch (p.dim) {
+        case 16: run_small_groups<1>(p, groups, threads); return 0;
+        case 32: run_small_groups<2>(p, groups, threads); return 0;
+        case 48: run_small_groups<3>(p, groups, threads); return 0;
+        case 64: run_small_groups<4>(p, groups, threads); return 0;
+        case 96: run_small_groups<6>(p, groups, threads); return 0;
+        case 128: run_small_groups<8>(p, groups, threads); return 0;
+        default: return 1;
+    }
+}
+#endif
+
 template <typename T>
 int dispatch(const Problem &p, int threads) {
+#if defined(__AVX512BF16__)
+    SmallGroups groups;
+    if constexpr (sizeof(T) == 2)
+        if (SmallGroups::apply(p, groups) && dispatch_small_groups(p, groups, threads) == 0) return 0;
+#endif
     switch (p.dim) {
         case 16: run<T, 1>(p, threads); return 0;
         case 32: run<T, 2>(p, threads); return 0;
