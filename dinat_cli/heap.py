@@ -4,10 +4,11 @@ PyTorch's CPU allocator gives every tensor to malloc, and glibc by default serve
 blocks over 32 MB with a fresh mmap and returns freed memory at the heap's top to the
 system beyond 128 KB. The network's intermediates are tens of MB to gigabytes, so every
 forward pass faulted its working memory in again, page by page: at 256x256 that was a
-quarter of the run time, at 1280x720 a third (maps of 350 MB to 1 GB). Raising the mmap
-and trim thresholds to the largest glibc accepts (2 GB) lets freed blocks be reused.
-Peak memory stays linear in the pixels; blocks that do not fit the holes freed ones
-leave raise it (1280x720 bf16: 4.9 -> 6.1 GB, for 31 -> 21.5 s).
+quarter of the run time, at 1280x720 a third (maps of 350 MB to 1 GB). Blocks up to 1 GB
+now come from the heap and freed ones are kept for reuse (trim threshold: the largest
+glibc accepts, 2 GB). Larger blocks (the q/k/v map of a float32 megapixel image) are
+still mapped afresh: keeping them too saved another 13% at 1024x1024 but raised peak
+memory by 26%, which then grew faster than the pixel count.
 
 Applied once per process, on the network's first CPU forward pass, unless
 `DINAT_SYSTEM_MALLOC=1`; settings a user made with `MALLOC_*` variables are left alone.
@@ -25,7 +26,7 @@ _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
 _M_MMAP_THRESHOLD = -3
 _LARGEST = (1 << 31) - 1  # mallopt takes an int
-SETTINGS = {_M_MMAP_THRESHOLD: _LARGEST, _M_TRIM_THRESHOLD: _LARGEST, _M_TOP_PAD: 64 << 20}
+SETTINGS = {_M_MMAP_THRESHOLD: 1 << 30, _M_TRIM_THRESHOLD: _LARGEST, _M_TOP_PAD: 64 << 20}
 
 
 @functools.cache
