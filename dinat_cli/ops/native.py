@@ -5,7 +5,7 @@
 - `gated_dwconv_gelu`: the feed-forward network's depth-wise convolution, GELU gate and
   product in one pass over the hidden map.
 - `layer_norm`: layer norm over the channels of a channels-last map, writing the
-  input's dtype (PyTorch's bfloat16 layer norm is 3x slower).
+  input's dtype (PyTorch's bfloat16 layer norm is about 2x slower).
 - `channel_means`: the global mean of each channel (PyTorch's bfloat16 mean over the
   rows and columns of a channels-last map copies it to float32 first: 6x slower).
 - `box_means`: TLC's local channel means, equal bit for bit to the PyTorch expression,
