@@ -118,7 +118,9 @@ def test_native_matches_the_reference_for_any_head_size_and_window(heads, dim, k
 @pytest.mark.parametrize(
     "height, width, kernel_size, dilation", [(20, 21, 7, 2), (21, 21, 7, 3), (40, 36, 7, 5), (15, 16, 5, 3)]
 )
-def test_native_bfloat16_is_as_accurate_as_torch(dim: int, height: int, width: int, kernel_size: int, dilation: int) -> None:
+def test_native_bfloat16_is_as_accurate_as_torch(
+    dim: int, height: int, width: int, kernel_size: int, dilation: int
+) -> None:
     _skip_unavailable("native")
     torch.manual_seed(3)
     q, k, v = (torch.randn(1, 2, height, width, dim) for _ in range(3))

@@ -53,7 +53,9 @@ def test_gated_kernel_matches_pytorch(native_kernels, hidden, with_bias, first, 
         (40, 0, 6, 6, 9),  # not a multiple of 32: widened to float32
     ],
 )
-def test_gated_kernel_in_bfloat16_is_as_accurate_as_pytorch(native_kernels, hidden, first, rows, rows_in, width) -> None:
+def test_gated_kernel_in_bfloat16_is_as_accurate_as_pytorch(
+    native_kernels, hidden, first, rows, rows_in, width
+) -> None:
     torch.manual_seed(hidden)
     x = torch.randn(1, 2 * hidden, rows_in, width).bfloat16().contiguous(memory_format=torch.channels_last)
     weight, bias = torch.randn(2 * hidden, 1, 3, 3) * 0.5, torch.randn(2 * hidden)
@@ -196,3 +198,15 @@ def test_release_free_memory_returns_the_kept_heap() -> None:
     kept = resident_mb()
     heap.release_free_memory()
     assert kept - resident_mb() > 100
+
+
+def test_gate_takes_a_tensor_or_blocks_of_rows_of_one_layout(native_kernels) -> None:
+    from dinat_cli import ops
+
+    torch.manual_seed(6)
+    x = torch.randn(1, 64, 6, 9).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(64, 1, 3, 3)
+    whole = ops.gated_dwconv_gelu(x, weight, None, 1, 4)
+    assert torch.equal(whole, ops.gated_dwconv_gelu([x[:, :, :3], x[:, :, 3:]], weight, None, 1, 4))
+    with pytest.raises(ValueError, match="share"):
+        native.gated_dwconv_gelu([x[:, :, :3], x[:, :, 3:, :8]], weight, None, 1, 4)  # another width

@@ -105,3 +105,20 @@ def test_channel_filter_follows_a_checkpoint_load() -> None:
         block.channel_modulation(x)  # builds and keeps the matrix
         block.load_state_dict(other.state_dict())
         assert torch.equal(block.channel_modulation(x), other.channel_modulation(x))
+
+
+def test_a_model_made_under_inference_mode_runs() -> None:
+    """Inference tensors have no version counter: weight-derived values are then derived afresh."""
+    torch.manual_seed(5)
+    with torch.inference_mode():
+        model = RestoreDiNAT(dim=16, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, chan_adapt=True).eval()
+        x = torch.rand(1, 3, 64, 64)
+        first = model(x)
+        for parameter in model.parameters():
+            parameter.mul_(0.5)  # in place, not counted: the derived weights must follow
+        second = model(x)
+    plain = RestoreDiNAT(dim=16, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, chan_adapt=True).eval()
+    plain.load_state_dict({name: value.clone() for name, value in model.state_dict().items()})
+    with torch.inference_mode():
+        assert not torch.equal(first, second)
+        assert (second - plain(x)).abs().max().item() <= 1e-5

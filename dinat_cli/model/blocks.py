@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dinat_cli.model.attention import NeighborhoodAttention2D
-from dinat_cli.model.layers import FeedForward, LayerNorm
+from dinat_cli.model.layers import FeedForward, LayerNorm, version_key
 from dinat_cli.model.pooling import ChannelPool
 
 MODES = ("hybrid", "local_only", "globl_only")
@@ -62,8 +62,9 @@ class TransBlock(nn.Module):
     def _channel_filter(self, channels: int, dtype: torch.dtype) -> torch.Tensor:
         """The filter's band matrix, kept while the weight is unchanged (building it is ten small operations)."""
         weight = self.conv.weight
-        key = (weight.data_ptr(), weight._version, channels, dtype, weight.device)
-        if self._filter is None or self._filter[0] != key:
+        key = version_key(weight)
+        key = None if key is None else (key, channels, dtype, weight.device)
+        if key is None or self._filter is None or self._filter[0] != key:
             self._filter = (key, _band_matrix(weight.reshape(7), channels).to(dtype))
         return self._filter[1]
 

@@ -27,6 +27,17 @@ class _NormBody(nn.Module):
         return x * torch.rsqrt(variance + 1e-5) * self.weight
 
 
+def version_key(*tensors: torch.Tensor | None) -> tuple | None:
+    """Identity and in-place version of `tensors`, to key values derived from them.
+
+    None where one is an inference tensor (made under `torch.inference_mode`): those do
+    not count their in-place changes, so values derived from them are derived afresh.
+    """
+    if any(t is not None and t.is_inference() for t in tensors):
+        return None
+    return tuple(None if t is None else (t.data_ptr(), t._version) for t in tensors)
+
+
 class LayerNorm(nn.Module):
     """Per-pixel layer norm of a `(B, C, H, W)` map over its channels."""
 
@@ -113,12 +124,14 @@ class FeedForward(nn.Module):
         hidden = self.project_out.in_channels
         if hidden % 16 == 0:
             return weights
-        key = tuple((w.data_ptr(), w._version) if w is not None else None for w in weights)
-        if self._aligned is None or self._aligned[0] != key:
+        key = version_key(*weights)
+        if key is None or self._aligned is None or self._aligned[0] != key:
             pad = -hidden % 16
             with torch.no_grad():
                 halves = [
-                    None if w is None else torch.cat([F.pad(half, (0, 0) * (w.dim() - 1) + (0, pad)) for half in w.chunk(2)])
+                    None
+                    if w is None
+                    else torch.cat([F.pad(half, (0, 0) * (w.dim() - 1) + (0, pad)) for half in w.chunk(2)])
                     for w in weights[:4]
                 ]
                 project_out = F.pad(weights[4], (0, 0, 0, 0, 0, pad))

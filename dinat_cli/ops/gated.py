@@ -11,15 +11,21 @@ from dinat_cli.ops import native
 
 
 def gated_dwconv_gelu(
-    blocks: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None, first: int, rows: int
+    blocks: torch.Tensor | Sequence[torch.Tensor],
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    first: int,
+    rows: int,
 ) -> torch.Tensor:
     """Rows `[first, first + rows)` of `gelu(dw(hidden)[:C]) * dw(hidden)[C:]` for a `(B, 2C, R, W)` map.
 
-    `hidden` is given as `blocks`, consecutive bands of its rows. `weight` `(2C, 1, 3, 3)`
+    `hidden` is given whole or as `blocks`, consecutive bands of its rows. `weight` `(2C, 1, 3, 3)`
     and `bias` are the depth-wise convolution's; the rows of `hidden` beyond the band are
     the convolution's zero padding (the image's edge). On CPU the native kernel does it
     in one pass over the blocks where they lie; elsewhere, or without a compiler, PyTorch.
     """
+    if isinstance(blocks, torch.Tensor):
+        blocks = [blocks]
     if native.usable_for(blocks[0]):
         return native.gated_dwconv_gelu(blocks, weight, bias, first, rows)
     return gated_dwconv_gelu_reference(torch.cat(list(blocks), dim=2), weight, bias, first, rows)

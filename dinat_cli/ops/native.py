@@ -149,6 +149,10 @@ def gated_dwconv_gelu(
     dtype = blocks[0].dtype
     blocks = [_channels_last(block) for block in blocks]
     batch, channels, _, width = blocks[0].shape
+    # The kernel walks every block's columns with the first block's column stride.
+    layouts = {(block.shape[:2], block.shape[3], block.stride(3), block.dtype) for block in blocks}
+    if len(layouts) > 1:
+        raise ValueError("the blocks of rows must share batch, channels, width, column stride and dtype")
     rows_in = sum(block.shape[2] for block in blocks)
     element = blocks[0].element_size()
     row_starts = (_PTR * (batch * rows_in))(
