@@ -250,25 +250,45 @@ struct QueryDots {
 };
 
 #if defined(__AVX512BF16__)
+// D = 16 * CH bfloat16 channels as vectors of 32; with CH odd the last one holds 16.
+template <int CH>
+struct Chunks {
+    static constexpr int kCount = (CH + 1) / 2;
+    static constexpr __mmask32 mask(int x) { return x == kCount - 1 && CH % 2 ? 0x0000ffffu : 0xffffffffu; }
+    static __m512i load(const uint16_t *p, int x) {
+        return mask(x) == 0xffffffffu ? _mm512_loadu_si512(p + 32 * x) : _mm512_maskz_loadu_epi16(mask(x), p + 32 * x);
+    }
+};
+
+// vpunpck{l,h}wd interleave two vectors of 32 bfloat16 within 128-bit lanes, so sums of
+// products of interleaved pairs hold channels 0-3 of each eight in the "low" vector and
+// 4-7 in the "high" one. Packed side by side as bfloat16 (low, then high), this
+// permutation puts them back in channel order.
+alignas(64) constexpr uint16_t kPairChannelOrder[32] = {0,  1,  2,  3,  16, 17, 18, 19, 4,  5,  6,  7,  20, 21, 22, 23,
+                                                        8,  9,  10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31};
+
+// Sums of products of interleaved pairs (low and high vectors) stored as 32 bfloat16 in
+// channel order, the lanes outside `mask` left alone.
+inline void store_pair_sums(uint16_t *out, __m512 low, __m512 high, __mmask32 mask = 0xffffffffu) {
+    const __m512i order = _mm512_load_si512(kPairChannelOrder);
+    _mm512_mask_storeu_epi16(out, mask, _mm512_permutexvar_epi16(order, (__m512i)_mm512_cvtne2ps_pbh(high, low)));
+}
+
 // bfloat16 with AVX512-BF16: one instruction per 32 products, exact and summed in float32,
 // instead of widening every key; the scale goes on the logits.
 template <int CH>
 struct QueryDots<uint16_t, CH> {
-    static constexpr int kPairs = (CH + 1) / 2;
-    static constexpr __mmask32 kTail = CH % 2 ? 0x0000ffffu : 0xffffffffu;
     float logit_scale;
-    __m512bh query[kPairs];
+    __m512bh query[Chunks<CH>::kCount];
     QueryDots(const uint16_t *q, float scale) : logit_scale(scale) {
-        for (int x = 0; x < kPairs; x++) query[x] = (__m512bh)chunk(q, x);
-    }
-    static __m512i chunk(const uint16_t *p, int x) {
-        return x == kPairs - 1 ? _mm512_maskz_loadu_epi16(kTail, p + 32 * x) : _mm512_loadu_si512(p + 32 * x);
+        for (int x = 0; x < Chunks<CH>::kCount; x++) query[x] = (__m512bh)Chunks<CH>::load(q, x);
     }
     void dots8(const uint16_t *const *key, f32x16 *dots) const {
         __m512 sums[8];
         for (int u = 0; u < 8; u++) sums[u] = _mm512_setzero_ps();
-        for (int x = 0; x < kPairs; x++)
-            for (int u = 0; u < 8; u++) sums[u] = _mm512_dpbf16_ps(sums[u], query[x], (__m512bh)chunk(key[u], x));
+        for (int x = 0; x < Chunks<CH>::kCount; x++)
+            for (int u = 0; u < 8; u++)
+                sums[u] = _mm512_dpbf16_ps(sums[u], query[x], (__m512bh)Chunks<CH>::load(key[u], x));
         for (int u = 0; u < 8; u++) dots[u] = (f32x16)sums[u];
     }
 };
@@ -308,13 +328,6 @@ struct ValueSum<uint16_t, CH> {
 };
 
 #if defined(__AVX512BF16__)
-// vpunpck{l,h}wd interleave two vectors of 32 bfloat16 within 128-bit lanes, so sums of
-// products of interleaved pairs hold channels 0-3 of each eight in the "low" vector and
-// 4-7 in the "high" one. Packed side by side as bfloat16 (low, then high), this
-// permutation puts them back in channel order.
-alignas(64) constexpr uint16_t kPairChannelOrder[32] = {0,  1,  2,  3,  16, 17, 18, 19, 4,  5,  6,  7,  20, 21, 22, 23,
-                                                        8,  9,  10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31};
-
 // bfloat16 with AVX512-BF16, windows of up to 8 columns (one group of keys per window
 // row): the value sum as products of pairs, one instruction per 32 products instead of
 // widening every value. Lanes 2m and 2m + 1 of the logits hold the keys of window rows
@@ -324,44 +337,25 @@ alignas(64) constexpr uint16_t kPairChannelOrder[32] = {0,  1,  2,  3,  16, 17, 
 template <int CH>
 inline void pair_values(const LogitLayout &layout, int64_t K, const float *probabilities, const Window<uint16_t> &values,
                         uint16_t *out) {
-    constexpr int kChunks = (CH + 1) / 2;
-    constexpr __mmask32 kTail = CH % 2 ? 0x0000ffffu : 0xffffffffu;
+    typedef Chunks<CH> C;
     alignas(64) uint16_t rounded[kMaxLogits];
     for (int64_t n = 0; n < layout.vectors; n++)
         _mm256_store_si256((__m256i *)(rounded + 16 * n), (__m256i)_mm512_cvtneps_pbh(_mm512_load_ps(probabilities + 16 * n)));
     const uint32_t *pairs = reinterpret_cast<const uint32_t *>(rounded);
-    __m512 low[kChunks], high[kChunks];
-    for (int x = 0; x < kChunks; x++) low[x] = high[x] = _mm512_setzero_ps();
-    const auto chunk = [](const uint16_t *p, int x) {
-        return x == kChunks - 1 ? _mm512_maskz_loadu_epi16(kTail, p + 32 * x) : _mm512_loadu_si512(p + 32 * x);
-    };
+    __m512 low[C::kCount], high[C::kCount];
+    for (int x = 0; x < C::kCount; x++) low[x] = high[x] = _mm512_setzero_ps();
     const int32_t *lane = layout.lane.data();
-    for (int64_t i = 0; i < K; i += 2) {
+    for (int64_t i = 0; i < K; i += 2)
         for (int64_t j = 0; j < K; j++) {
             const __m512bh w = (__m512bh)_mm512_set1_epi32(int(pairs[lane[i * K + j] >> 1]));
-            const uint16_t *a = values.at(i, j);
-            if (i + 1 < K) {
-                const uint16_t *b = values.at(i + 1, j);
-                for (int x = 0; x < kChunks; x++) {
-                    const __m512i va = chunk(a, x), vb = chunk(b, x);
-                    low[x] = _mm512_dpbf16_ps(low[x], (__m512bh)_mm512_unpacklo_epi16(va, vb), w);
-                    high[x] = _mm512_dpbf16_ps(high[x], (__m512bh)_mm512_unpackhi_epi16(va, vb), w);
-                }
-            } else {
-                const __m512i zero = _mm512_setzero_si512();
-                for (int x = 0; x < kChunks; x++) {
-                    const __m512i va = chunk(a, x);
-                    low[x] = _mm512_dpbf16_ps(low[x], (__m512bh)_mm512_unpacklo_epi16(va, zero), w);
-                    high[x] = _mm512_dpbf16_ps(high[x], (__m512bh)_mm512_unpackhi_epi16(va, zero), w);
-                }
+            const uint16_t *a = values.at(i, j), *b = i + 1 < K ? values.at(i + 1, j) : nullptr;
+            for (int x = 0; x < C::kCount; x++) {
+                const __m512i va = C::load(a, x), vb = b ? C::load(b, x) : _mm512_setzero_si512();
+                low[x] = _mm512_dpbf16_ps(low[x], (__m512bh)_mm512_unpacklo_epi16(va, vb), w);
+                high[x] = _mm512_dpbf16_ps(high[x], (__m512bh)_mm512_unpackhi_epi16(va, vb), w);
             }
         }
-    }
-    const __m512i order = _mm512_load_si512(kPairChannelOrder);
-    for (int x = 0; x < kChunks; x++) {
-        const __m512i sums = _mm512_permutexvar_epi16(order, (__m512i)_mm512_cvtne2ps_pbh(high[x], low[x]));
-        _mm512_mask_storeu_epi16(out + 32 * x, x == kChunks - 1 ? kTail : 0xffffffffu, sums);
-    }
+    for (int x = 0; x < C::kCount; x++) store_pair_sums(out + 32 * x, low[x], high[x], C::mask(x));
 }
 #endif
 
@@ -522,9 +516,8 @@ struct SmallGroups {
 // the bias of every query of the group for every key lane.
 template <int CH>
 struct PackedGroup {
-    static constexpr int kChunks = (CH + 1) / 2;
     alignas(64) uint32_t keys[8 * CH][kGroupKeys];
-    alignas(64) __m512i values[kGroupKeys / 2][kChunks][2];
+    alignas(64) __m512i values[kGroupKeys / 2][Chunks<CH>::kCount][2];
     alignas(64) float bias[kGroupKeys][kGroupKeys];
     int64_t bias_for[3] = {-1, -1, -1};  // the (rows, cols, head) `bias` holds
 };
@@ -554,12 +547,11 @@ void fill_group_bias(const Problem &p, int64_t gr, int64_t gc, int64_t rows, int
 template <int CH>
 void attend_group(const Problem &p, int64_t b, int64_t h, int64_t gr, int64_t gc, const SmallGroups &groups,
                   PackedGroup<CH> &g) {
-    constexpr int kChunks = PackedGroup<CH>::kChunks;
-    constexpr __mmask32 kTail = CH % 2 ? 0x0000ffffu : 0xffffffffu;
+    typedef Chunks<CH> C;
     const int64_t d = groups.dilation;
     const int64_t rows = SmallGroups::length(p.height, d, gr), cols = SmallGroups::length(p.width, d, gc);
     constexpr int kBlocks = kGroupKeys / 16;
-    const int64_t count = rows * cols, pairs = (count + 1) / 2;
+    const int64_t count = rows * cols, pairs = (count + 3) / 4 * 2;  // key pairs, an even number of them
     const uint16_t *q = static_cast<const uint16_t *>(p.q) + b * p.q_strides[0] + h * p.q_strides[1];
     const uint16_t *k = static_cast<const uint16_t *>(p.k) + b * p.k_strides[0] + h * p.k_strides[1];
     const uint16_t *v = static_cast<const uint16_t *>(p.v) + b * p.v_strides[0] + h * p.v_strides[1];
@@ -567,34 +559,28 @@ void attend_group(const Problem &p, int64_t b, int64_t h, int64_t gr, int64_t gc
     const auto at = [&](int64_t key, const int64_t *strides) {
         return (gr + key / cols * d) * strides[2] + (gc + key % cols * d) * strides[3];
     };
-    const auto chunk = [](const uint16_t *x, int c) {
-        return c == kChunks - 1 ? _mm512_maskz_loadu_epi16(kTail, x + 32 * c) : _mm512_loadu_si512(x + 32 * c);
-    };
-    // Pack: lanes past the group's keys hold zeros (their bias is -inf; zeros keep them finite).
+    // Pack: lanes and pairs past the group's keys hold zeros (their bias is -inf, their
+    // probability 0; zeros keep them finite).
     for (int64_t key = 0; key < kGroupKeys; key++) {
         const uint32_t *pairs_of = key < count ? reinterpret_cast<const uint32_t *>(k + at(key, p.k_strides)) : nullptr;
         for (int t = 0; t < 8 * CH; t++) g.keys[t][key] = pairs_of ? pairs_of[t] : 0u;
     }
-    const __m512i zero = _mm512_setzero_si512();
-    for (int64_t m = 0; m < pairs; m++) {
-        const uint16_t *first = v + at(2 * m, p.v_strides);
-        const uint16_t *second = 2 * m + 1 < count ? v + at(2 * m + 1, p.v_strides) : nullptr;
-        for (int c = 0; c < kChunks; c++) {
-            const __m512i a = chunk(first, c), b2 = second ? chunk(second, c) : zero;
-            g.values[m][c][0] = _mm512_unpacklo_epi16(a, b2);
-            g.values[m][c][1] = _mm512_unpackhi_epi16(a, b2);
-        }
-    }
-    fill_group_bias(p, gr, gc, rows, cols, h, groups, g);
-    const __m512i order = _mm512_load_si512(kPairChannelOrder);
-    const auto query_at = [&](int64_t query) {
-        return q + (gr + query / cols * d) * p.q_strides[2] + (gc + query % cols * d) * p.q_strides[3];
+    const auto value = [&](int64_t key, int c) {
+        return key < count ? C::load(v + at(key, p.v_strides), c) : _mm512_setzero_si512();
     };
+    for (int64_t m = 0; m < pairs; m++)
+        for (int c = 0; c < C::kCount; c++) {
+            const __m512i first = value(2 * m, c), second = value(2 * m + 1, c);
+            g.values[m][c][0] = _mm512_unpacklo_epi16(first, second);
+            g.values[m][c][1] = _mm512_unpackhi_epi16(first, second);
+        }
+    fill_group_bias(p, gr, gc, rows, cols, h, groups, g);
     for (int64_t query = 0; query < count; query++) {
         // Queries lie d pixels apart: fetch the next one's channels while this one is computed.
         if (query + 1 < count)
-            for (int line = 0; line < CH * 32; line += 64) __builtin_prefetch(reinterpret_cast<const char *>(query_at(query + 1)) + line);
-        const uint32_t *query_pairs = reinterpret_cast<const uint32_t *>(query_at(query));
+            for (int line = 0; line < CH * 32; line += 64)
+                __builtin_prefetch(reinterpret_cast<const char *>(q + at(query + 1, p.q_strides)) + line);
+        const uint32_t *query_pairs = reinterpret_cast<const uint32_t *>(q + at(query, p.q_strides));
         // Two sets of sums (even and odd channel pairs): half as long chains of dependent products.
         __m512 even[kBlocks], odd[kBlocks];
         for (int n = 0; n < kBlocks; n++) even[n] = odd[n] = _mm512_setzero_ps();
@@ -622,30 +608,20 @@ void attend_group(const Problem &p, int64_t b, int64_t h, int64_t gr, int64_t gc
         for (int n = 0; n < kBlocks; n++)
             _mm256_store_si256((__m256i *)(rounded + 16 * n), (__m256i)_mm512_cvtneps_pbh((__m512)(logits[n] * inverse)));
         const uint32_t *weights = reinterpret_cast<const uint32_t *>(rounded);
-        __m512 low[2][kChunks], high[2][kChunks];
-        for (int c = 0; c < kChunks; c++) low[0][c] = high[0][c] = low[1][c] = high[1][c] = _mm512_setzero_ps();
-        int64_t m = 0;
-        for (; m + 1 < pairs; m += 2)
+        // Two sets of sums, of even and odd key pairs: half as long chains of dependent products.
+        __m512 low[2][C::kCount], high[2][C::kCount];
+        for (int c = 0; c < C::kCount; c++) low[0][c] = high[0][c] = low[1][c] = high[1][c] = _mm512_setzero_ps();
+        for (int64_t m = 0; m < pairs; m += 2)
             for (int side = 0; side < 2; side++) {
                 const __m512bh w = (__m512bh)_mm512_set1_epi32(int(weights[m + side]));
-                for (int c = 0; c < kChunks; c++) {
+                for (int c = 0; c < C::kCount; c++) {
                     low[side][c] = _mm512_dpbf16_ps(low[side][c], (__m512bh)g.values[m + side][c][0], w);
                     high[side][c] = _mm512_dpbf16_ps(high[side][c], (__m512bh)g.values[m + side][c][1], w);
                 }
             }
-        if (m < pairs) {
-            const __m512bh w = (__m512bh)_mm512_set1_epi32(int(weights[m]));
-            for (int c = 0; c < kChunks; c++) {
-                low[0][c] = _mm512_dpbf16_ps(low[0][c], (__m512bh)g.values[m][c][0], w);
-                high[0][c] = _mm512_dpbf16_ps(high[0][c], (__m512bh)g.values[m][c][1], w);
-            }
-        }
-        uint16_t *target = out + (gr + query / cols * d) * p.out_strides[2] + (gc + query % cols * d) * p.out_strides[3];
-        for (int c = 0; c < kChunks; c++) {
-            const __m512i sums = _mm512_permutexvar_epi16(
-                order, (__m512i)_mm512_cvtne2ps_pbh(_mm512_add_ps(high[0][c], high[1][c]), _mm512_add_ps(low[0][c], low[1][c])));
-            _mm512_mask_storeu_epi16(target + 32 * c, c == kChunks - 1 ? kTail : 0xffffffffu, sums);
-        }
+        for (int c = 0; c < C::kCount; c++)
+            store_pair_sums(out + at(query, p.out_strides) + 32 * c, _mm512_add_ps(low[0][c], low[1][c]),
+                            _mm512_add_ps(high[0][c], high[1][c]), C::mask(c));
     }
 }
 
@@ -914,7 +890,6 @@ void gated_half_bf16(const GatedConv &g, const PackedGate &packed, const uint16_
 // Output columns [begin, end) (at most a tile) of one row, for one group of 32 channels.
 void gated_group_bf16(const GatedConv &g, const PackedGate &packed, const uint16_t *const rows[3], uint16_t *out_row,
                       int64_t group, int64_t begin, int64_t end) {
-    const __m512i order = _mm512_load_si512(kPairChannelOrder);
     __m512 gates[2 * kGatedTile], values[2 * kGatedTile];
     gated_half_bf16(g, packed, rows, 0, group, begin, end, gates);
     gated_half_bf16(g, packed, rows, 1, group, begin, end, values);
@@ -922,8 +897,7 @@ void gated_group_bf16(const GatedConv &g, const PackedGate &packed, const uint16
         const int64_t i = 2 * (col - begin);
         const f32x16 low = gelu((f32x16)gates[i]) * (f32x16)values[i];
         const f32x16 high = gelu((f32x16)gates[i + 1]) * (f32x16)values[i + 1];
-        const __m512i packed_out = (__m512i)_mm512_cvtne2ps_pbh((__m512)high, (__m512)low);
-        _mm512_storeu_si512(out_row + col * g.out_strides[2] + group * 32, _mm512_permutexvar_epi16(order, packed_out));
+        store_pair_sums(out_row + col * g.out_strides[2] + group * 32, (__m512)low, (__m512)high);
     }
 }
 

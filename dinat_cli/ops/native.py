@@ -101,9 +101,9 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     library.gated_dwconv_gelu.restype = ctypes.c_int
     library.gated_dwconv_gelu.argtypes = [ctypes.c_int, _PTR, _I64, *[_PTR] * 2, *[_I64] * 6, _PTR, _PTR, ctypes.c_int]
     library.layer_norm.restype = ctypes.c_int
+    library.layer_norm.argtypes = [ctypes.c_int, *[_PTR] * 3, *[_I64] * 4, _PTR, _PTR, ctypes.c_float, ctypes.c_int]
     library.channel_means.restype = ctypes.c_int
     library.channel_means.argtypes = [ctypes.c_int, *[_PTR] * 3, *[_I64] * 4, ctypes.c_int]
-    library.layer_norm.argtypes = [ctypes.c_int, *[_PTR] * 3, *[_I64] * 4, _PTR, _PTR, ctypes.c_float, ctypes.c_int]
     return library, None
 
 
