@@ -113,10 +113,14 @@ def test_native_matches_the_reference_for_any_head_size_and_window(heads, dim, k
 # 16 and 48: an odd number of 16-lane vectors, whose last 16 channels take the tail paths
 # of the pairwise bfloat16 dot products and value sums. 20x21 at dilation 2: groups of
 # 10x11 keys, attended query by query; 21x21 at 3, 40x36 at 5 and 15x16 at 3 with a 5x5
-# window: groups of at most 64 keys, packed once per group.
+# window: groups of at most 64 keys, packed once per group. 24x53 at dilation 1: tiles of
+# 16 queries in lanes at columns 3, 19 and 34 (overlapping the one before), columns 0-2
+# and 50-52 query by query; 16x45 at 2: groups of 23 and 22 columns, whose centred runs
+# of 17 and exactly 16 queries are tiles.
 @pytest.mark.parametrize("dim", [16, 32, 48, 96])
 @pytest.mark.parametrize(
-    "height, width, kernel_size, dilation", [(20, 21, 7, 2), (21, 21, 7, 3), (40, 36, 7, 5), (15, 16, 5, 3)]
+    "height, width, kernel_size, dilation",
+    [(20, 21, 7, 2), (21, 21, 7, 3), (40, 36, 7, 5), (15, 16, 5, 3), (24, 53, 7, 1), (16, 45, 7, 2)],
 )
 def test_native_bfloat16_is_as_accurate_as_torch(
     dim: int, height: int, width: int, kernel_size: int, dilation: int
