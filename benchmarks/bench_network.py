@@ -7,22 +7,28 @@ wall-clock and the CPU time of the process per image.
 
     python benchmarks/bench_network.py                      # 256x256, fp32 torch/compiled/native, bf16 native
     python benchmarks/bench_network.py --size 1280x720 --rounds 2
+    python benchmarks/bench_network.py --official official.py --configs official,fp32-native,bf16-native
 
-natten 0.14.6 (the official code's operator) does not build against current torch, so
-the official implementation is not run here: compare with its figure measured on the
-same machine type (README.md, "Speed").
+`--official FILE` adds the authors' implementation as the first configuration: FILE is
+a Python file whose `build_official_model()` returns the official network (float32,
+eval mode, TLC-wrapped as the official test pipeline builds it), e.g. the upstream
+`RestoreDiNATLocal` on natten 0.14.6. Its weights are loaded into ours, so the outputs
+compare, and every configuration is also reported as a speed-up over it.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import os
 import time
+from collections.abc import Callable
 
 import torch
 
 from dinat_cli import ops
+from dinat_cli.checkpoints import infer_config
 from dinat_cli.cli.bench import OFFICIAL_CONFIG, parse_size
 from dinat_cli.model import RestoreDiNAT
 
@@ -34,14 +40,29 @@ CONFIGS = {
 }
 
 
-def run(
-    model: RestoreDiNAT, image: torch.Tensor, backend: str, dtype: torch.dtype
-) -> tuple[torch.Tensor, float, float]:
-    precision = torch.autocast("cpu", dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+def timed(forward: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float, float]:
     wall, cpu = time.perf_counter(), time.process_time()
-    with torch.inference_mode(), ops.use_backend(backend), precision:
-        out = model(image)
+    with torch.inference_mode():
+        out = forward()
     return out.float(), time.perf_counter() - wall, time.process_time() - cpu
+
+
+def ours(model: RestoreDiNAT, image: torch.Tensor, backend: str, dtype: torch.dtype) -> Callable[[], torch.Tensor]:
+    def forward() -> torch.Tensor:
+        precision = torch.autocast("cpu", dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+        with ops.use_backend(backend), precision:
+            return model(image)
+
+    return forward
+
+
+def official_model(path: str) -> torch.nn.Module:
+    spec = importlib.util.spec_from_file_location("official_model", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"--official {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build_official_model().eval()
 
 
 def main() -> None:
@@ -50,31 +71,41 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {', '.join(CONFIGS)}")
+    parser.add_argument("--official", metavar="FILE", help="a Python file with build_official_model() (see above)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     height, width = parse_size(args.size)
-    model = RestoreDiNAT(**OFFICIAL_CONFIG, tlc=True).eval()
     image = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
     names = args.configs.split(",")
+    forwards = {}
+    if args.official:
+        official = official_model(args.official)
+        model = RestoreDiNAT(**infer_config(official.state_dict()), tlc=True).eval()
+        model.load_state_dict(official.state_dict())
+        forwards["official"] = lambda: official(image)
+        names = ["official", *(name for name in names if name != "official")]
+    else:
+        model = RestoreDiNAT(**OFFICIAL_CONFIG, tlc=True).eval()
+    forwards.update({name: ours(model, image, *CONFIGS[name]) for name in names if name in CONFIGS})
     outputs, first, walls, cpus = {}, {}, {name: [] for name in names}, {name: [] for name in names}
     for name in names:
-        outputs[name], first[name], _ = run(model, image, *CONFIGS[name])
+        outputs[name], first[name], _ = timed(forwards[name])
     for _ in range(args.rounds):
         for name in names:
-            _, wall, cpu = run(model, image, *CONFIGS[name])
+            _, wall, cpu = timed(forwards[name])
             walls[name].append(wall)
             cpus[name].append(cpu)
     reference = outputs[names[0]]
+    median = {name: sorted(walls[name])[len(walls[name]) // 2] for name in names}
     print(f"{width}x{height}, {args.threads} threads, load {os.getloadavg()[0]:.1f}, torch {torch.__version__}")
-    print(f"{'config':<15} {'first s':>8} {'best s':>8} {'median s':>9} {'cpu s':>7}  vs {names[0]}")
+    print(f"{'config':<15} {'first s':>8} {'best s':>8} {'median s':>9} {'cpu s':>7} {'speed-up':>9}  vs {names[0]}")
     for name in names:
-        times = sorted(walls[name])
         error = (outputs[name] - reference).abs().max().item()
         mse = (outputs[name] - reference).pow(2).mean().item()
         psnr = "inf" if mse == 0 else f"{10 * torch.log10(torch.tensor(1.0 / mse)).item():.1f} dB"
         print(
-            f"{name:<15} {first[name]:8.2f} {times[0]:8.2f} {times[len(times) // 2]:9.2f} "
-            f"{min(cpus[name]):7.2f}  max|diff| {error:.1e}, PSNR {psnr}"
+            f"{name:<15} {first[name]:8.2f} {min(walls[name]):8.2f} {median[name]:9.2f} {min(cpus[name]):7.2f} "
+            f"{median[names[0]] / median[name]:8.2f}x  max|diff| {error:.1e}, PSNR {psnr}"
         )
 
 

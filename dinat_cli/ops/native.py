@@ -15,7 +15,7 @@
 
 The library is built with the system C++ compiler (`$CXX`, else `c++`), loaded with
 ctypes and kept in the user cache (`kernels/`) under a name hashed from the source, the
-compiler, the flags and the CPU, so a machine pays the build (about 5 s) once. Kernels
+compiler, the flags and the CPU, so a machine pays the build (about 10 s) once. Kernels
 run on `torch.get_num_threads()` threads with the GIL released.
 """
 
