@@ -58,7 +58,7 @@ def ours(model: RestoreDiNAT, image: torch.Tensor, backend: str, dtype: torch.dt
 
 def official_model(path: str) -> torch.nn.Module:
     spec = importlib.util.spec_from_file_location("official_model", path)
-    if spec is None or spec.loader is None:
+    if not os.path.isfile(path) or spec is None or spec.loader is None:
         raise SystemExit(f"--official {path}: not a Python file")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -1,0 +1,46 @@
+"""The benchmark script against an "official" model given as a file."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_network.py"
+
+
+def test_official_model_is_the_first_configuration_and_shares_its_weights(tmp_path, monkeypatch, capsys) -> None:
+    # A stand-in for the authors' code: a small network of the same architecture, seeded
+    # differently from ours, so that equal outputs mean its weights were loaded into ours.
+    official = tmp_path / "official.py"
+    official.write_text(
+        textwrap.dedent(
+            """
+            import torch
+            from dinat_cli.model import RestoreDiNAT
+
+            def build_official_model():
+                torch.manual_seed(7)
+                return RestoreDiNAT(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, chan_adapt=True, tlc=True)
+            """
+        )
+    )
+    argv = ["bench_network.py", "--official", str(official), "--configs", "fp32-torch", "--size", "48", "--rounds", "1"]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(BENCH), run_name="__main__")
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
+    assert list(rows) == ["official", "fp32-torch"]
+    assert "1.00x" in rows["official"] and "max|diff| 0.0e+00" in rows["official"]
+    difference = float(rows["fp32-torch"].split("max|diff| ")[1].split(",")[0])
+    assert difference <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["missing.py", "notes.txt"])
+def test_official_file_that_is_not_a_module_is_one_clear_error(tmp_path, monkeypatch, name) -> None:
+    (tmp_path / "notes.txt").write_text("not python")
+    monkeypatch.setattr(sys, "argv", ["bench_network.py", "--official", str(tmp_path / name)])
+    with pytest.raises(SystemExit, match="not a Python file"):
+        runpy.run_path(str(BENCH), run_name="__main__")
