@@ -141,6 +141,48 @@ def test_native_bfloat16_is_as_accurate_as_torch(
     assert error.pow(2).mean() <= pytorch_error.pow(2).mean()
 
 
+# Tiles in lanes with batch and heads above 1 on the model's interleaved q/k/v layout:
+# 71 columns put a run's overlapping last tile alone in a chunk (two threads store it), 96
+# make a chunk exactly 32 positions wide, 100 at dilation 2 runs two groups per chunk.
+@pytest.mark.parametrize("height, width, dilation", [(9, 71, 1), (8, 96, 1), (15, 100, 2)])
+def test_native_bfloat16_tiles_on_the_models_layout(height: int, width: int, dilation: int) -> None:
+    _skip_unavailable("native")
+    torch.manual_seed(4)
+    qkv = torch.randn(2, height, width, 3, 3, 48)
+    q, k, v = qkv.permute(3, 0, 4, 1, 2, 5).unbind(0)
+    rpb = torch.randn(3, 13, 13)
+    exact = neighborhood.na2d(q, k, v, 7, dilation, rpb=rpb)
+    half_q, half_k, half_v = qkv.bfloat16().permute(3, 0, 4, 1, 2, 5).unbind(0)
+    half = ops.na2d(half_q, half_k, half_v, 7, dilation, rpb=rpb, backend="native")
+    pytorch = neighborhood.na2d(half_q, half_k, half_v, 7, dilation, rpb=rpb)
+    assert (half.float() - exact).abs().max().item() <= 0.05
+    error, pytorch_error = ((y.float() - exact).abs() for y in (half, pytorch))
+    assert error.pow(2).mean() <= pytorch_error.pow(2).mean()
+
+
+# A value that is not finite reaches exactly the queries whose windows hold it. Two bugs
+# once spread it: the odd last window column was paired with the value beside the window
+# (weight 0, but 0 * inf is NaN), and with the element after a chunk's packed row, left
+# from the thread's previous chunk.
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("height, width, row, col", [(9, 53, 4, 30), (8, 96, 7, 32)])
+def test_native_bfloat16_non_finite_values_stay_in_their_windows(
+    threads: int, height: int, width: int, row: int, col: int
+) -> None:
+    _skip_unavailable("native")
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 1, height, width, 32).bfloat16() for _ in range(3))
+    v[0, 0, row, col, 5] = float("inf")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = ops.na2d(q, k, v, 7, 1, backend="native")
+    finally:
+        torch.set_num_threads(previous)
+    reference = neighborhood.na2d(q.float(), k.float(), v.float(), 7, 1)
+    assert torch.equal(torch.isfinite(out.float()), torch.isfinite(reference))
+
+
 def test_native_build_failure_is_one_reason_and_auto_moves_on(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no cached build to fall back on

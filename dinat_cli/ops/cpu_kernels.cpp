@@ -484,13 +484,15 @@ inline void transpose16(__m512i r[16]) {
 }
 
 // The tiles of a call, the same for every query row: 16 successive group-order positions
-// whose windows are centred and share a bias pattern (a run's last tile may overlap the
-// one before it), and which positions they cover. Tiles are taken in chunks of a few, so
-// a chunk's packed rows (keys and values for K + 1 rows) stay in L2; a thread attends a
-// chunk's tiles in every query row before the next chunk.
+// whose windows are centred and share a bias pattern (centred windows always do; the
+// check keeps the tile's bias one table), a run's last tile overlapping the one before
+// it, and which positions they cover. Tiles are taken in chunks of a few, so a chunk's
+// packed rows (keys and values for K rows) stay in L2; a thread attends a chunk's tiles
+// in every query row of a band of rows before the next chunk.
 struct LanePlan {
     static constexpr int64_t kChunkTiles = 4;
     std::vector<int64_t> starts;
+    std::vector<int8_t> fresh;  // per tile: its first lane not stored by the tile before (a run's last tile may overlap it)
     std::vector<uint8_t> covered;
     std::vector<int64_t> chunk_begin;  // per chunk: first group-order position its packed rows hold
     int64_t stride = 16;               // 32-bit elements per packed row: the widest chunk, rounded up, and one spare vector
@@ -511,11 +513,13 @@ struct LanePlan {
             const int32_t pattern = patterns.of_column[p.col_order[s]];
             int64_t end = s + 1;
             while (end < W && centred(end) && patterns.of_column[p.col_order[end]] == pattern) end++;
-            for (int64_t start = s; end - s >= 16 && start < end; start += 16) {
-                const int64_t first = std::min(start, end - 16);
-                starts.push_back(first);
-                std::fill(covered.begin() + first, covered.begin() + first + 16, uint8_t(1));
-            }
+            if (end - s >= 16)
+                for (int64_t start = s; start < end; start += 16) {
+                    const int64_t first = std::min(start, end - 16);
+                    fresh.push_back(int8_t(start - first));
+                    starts.push_back(first);
+                    std::fill(covered.begin() + first, covered.begin() + first + 16, uint8_t(1));
+                }
             s = end;
         }
         for (int64_t c = 0; c < chunks(); c++) {
@@ -528,7 +532,7 @@ struct LanePlan {
     int64_t chunk_end(int64_t chunk, int64_t K) const { return starts[last_tile(chunk)] + 16 + K / 2; }
 };
 
-// One thread's tiles: packed rows of keys and values for the last K + 1 key rows used, and
+// One thread's tiles: packed rows of keys and values for the last K key rows used, and
 // the packed query row, each over one chunk's positions.
 template <int K, int CH>
 class LaneTiles {
@@ -545,8 +549,8 @@ class LaneTiles {
         scratch = queries + kPairs * stride;
     }
 
-    // The tiles of one chunk in every query row of (b, h).
-    void attend_chunk(int64_t b, int64_t h, int64_t chunk) {
+    // The tiles of one chunk in query rows [first_row, last_row) (in group order) of (b, h).
+    void attend_chunk(int64_t b, int64_t h, int64_t chunk, int64_t first_row, int64_t last_row) {
         const uint16_t *k = static_cast<const uint16_t *>(p.k) + b * p.k_strides[0] + h * p.k_strides[1];
         const uint16_t *v = static_cast<const uint16_t *>(p.v) + b * p.v_strides[0] + h * p.v_strides[1];
         const uint16_t *q = static_cast<const uint16_t *>(p.q) + b * p.q_strides[0] + h * p.q_strides[1];
@@ -557,7 +561,7 @@ class LaneTiles {
         int64_t tags[kSlots];  // the key row each slot holds
         for (int n = 0; n < kSlots; n++) tags[n] = -1;
         // Rows in dilation-group order: successive rows share all but one row of keys.
-        for (int64_t index = 0; index < p.height; index++) {
+        for (int64_t index = first_row; index < last_row; index++) {
             const int64_t r = p.row_order[index];
             bool used[kSlots] = {};
             int slot_of[K];
@@ -581,7 +585,7 @@ class LaneTiles {
             // per tile while this row is attended.
             std::pair<const uint16_t *, int64_t> upcoming[2 * K + 1];  // row, column stride
             int count = 0;
-            if (index + 1 < p.height) {
+            if (index + 1 < last_row) {
                 const int64_t next = p.row_order[index + 1];
                 upcoming[count++] = {q + next * p.q_strides[2], p.q_strides[3]};
                 for (int i = 0; i < K; i++) {
@@ -610,13 +614,13 @@ class LaneTiles {
                             bias[i][j] = rpb ? rpb[p.bias_rows[r * K + i] * side + patterns.columns[pattern * K + j]] : 0.0f;
                     bias_pattern = pattern;
                 }
-                attend_tile(start, bias, out + r * p.out_strides[2]);
+                attend_tile(start, plan.fresh[tile], bias, out + r * p.out_strides[2]);
             }
         }
     }
 
   private:
-    static constexpr int kPairs = 8 * CH, kDims = 16 * CH, kSlots = K + 1, kColumnPairs = (K + 1) / 2, R = K / 2;
+    static constexpr int kPairs = 8 * CH, kDims = 16 * CH, kSlots = K, kColumnPairs = (K + 1) / 2, R = K / 2;
     const Problem &p;
     const LanePlan &plan;
     const ColumnPatterns &patterns;
@@ -649,7 +653,8 @@ class LaneTiles {
     }
 
     // Positions [begin, end) of a row's values as pairs of neighbouring positions per
-    // channel, channel-major: element n of channel c holds positions n and n + 1.
+    // channel, channel-major: element n of channel c holds positions n and n + 1 (the last
+    // element's second half is whatever follows the row; no window reads it).
     void pack_values(const uint16_t *row, int64_t column_stride, uint32_t *packed) const {
         pack_pairs(row, column_stride, scratch);
         const __m512i low = _mm512_set1_epi32(0xffff), high = _mm512_set1_epi32(int(0xffff0000u));
@@ -664,8 +669,24 @@ class LaneTiles {
             }
     }
 
+    // Value pair m covers window columns (2m, 2m + 1); with K odd the last one is
+    // (K - 2, K - 1) with a zero weight on K - 2, so no value outside the window is read.
+    static constexpr int value_shift(int m) { return 2 * m + 1 < K ? 2 * m : K - 2; }
+    // Elements S .. S + 15 of lo:hi (the shift must be an immediate).
+    template <int S>
+    static __m512i shifted(__m512i hi, __m512i lo) { return _mm512_alignr_epi32(hi, lo, S); }
+    template <int... J>
+    static void key_products(__m512 *sums, __m512bh pairs, __m512i lo, __m512i hi, std::integer_sequence<int, J...>) {
+        ((sums[J] = _mm512_dpbf16_ps(sums[J], pairs, (__m512bh)shifted<J>(hi, lo))), ...);
+    }
+    template <int... M>
+    static __m512 value_products(__m512 sum, const __m512i *weights, __m512i lo, __m512i hi, std::integer_sequence<int, M...>) {
+        ((sum = _mm512_dpbf16_ps(sum, (__m512bh)weights[M], (__m512bh)shifted<value_shift(M)>(hi, lo))), ...);
+        return sum;
+    }
+
     // 16 queries at group-order positions start .. start + 15 of query row `out`.
-    void attend_tile(int64_t start, const float (*bias)[K], uint16_t *out) const {
+    void attend_tile(int64_t start, int fresh, const float (*bias)[K], uint16_t *out) const {
         const int64_t at = start - begin;
         __m512 logits[K * K];
         __m512 top = _mm512_set1_ps(-INFINITY);
@@ -677,9 +698,7 @@ class LaneTiles {
             for (int t = 0; t < kPairs; t++) {
                 const __m512bh pairs = (__m512bh)_mm512_loadu_si512(query + t * stride);
                 const __m512i lo = _mm512_loadu_si512(key + t * stride), hi = _mm512_loadu_si512(key + t * stride + 16);
-                sums[0] = _mm512_dpbf16_ps(sums[0], pairs, (__m512bh)lo);
-                for (int j = 1; j < K; j++)
-                    sums[j] = _mm512_dpbf16_ps(sums[j], pairs, (__m512bh)_mm512_alignr_epi32(hi, lo, j));
+                key_products(sums, pairs, lo, hi, std::make_integer_sequence<int, K>());
             }
             for (int j = 0; j < K; j++) {
                 logits[i * K + j] = _mm512_fmadd_ps(sums[j], scale, _mm512_set1_ps(bias[i][j]));
@@ -701,7 +720,8 @@ class LaneTiles {
             for (int m = 0; m < kColumnPairs; m++) {
                 const __m512 even = _mm512_mul_ps(logits[i * K + 2 * m], inverse);
                 const __m512 odd = 2 * m + 1 < K ? _mm512_mul_ps(logits[i * K + 2 * m + 1], inverse) : _mm512_setzero_ps();
-                weights[i][m] = _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(odd, even));
+                weights[i][m] = _mm512_permutexvar_epi16(
+                    interleave, (__m512i)(2 * m + 1 < K ? _mm512_cvtne2ps_pbh(odd, even) : _mm512_cvtne2ps_pbh(even, odd)));
             }
         for (int block = 0; block < CH; block++) {
             __m512 sums[16];
@@ -710,15 +730,13 @@ class LaneTiles {
                 const uint32_t *value = value_row[i] + 16 * block * stride + at - R;
                 for (int u = 0; u < 16; u++) {
                     const __m512i lo = _mm512_loadu_si512(value + u * stride), hi = _mm512_loadu_si512(value + u * stride + 16);
-                    sums[u] = _mm512_dpbf16_ps(sums[u], (__m512bh)weights[i][0], (__m512bh)lo);
-                    for (int m = 1; m < kColumnPairs; m++)
-                        sums[u] = _mm512_dpbf16_ps(sums[u], (__m512bh)weights[i][m], (__m512bh)_mm512_alignr_epi32(hi, lo, 2 * m));
+                    sums[u] = value_products(sums[u], weights[i], lo, hi, std::make_integer_sequence<int, kColumnPairs>());
                 }
             }
             __m512i rows[16];
             for (int u = 0; u < 16; u++) rows[u] = (__m512i)sums[u];
             transpose16(rows);
-            for (int l = 0; l < 16; l++)
+            for (int l = fresh; l < 16; l++)
                 _mm256_storeu_si256((__m256i *)(out + p.col_order[start + l] * p.out_strides[3] + 16 * block),
                                     (__m256i)_mm512_cvtneps_pbh((__m512)rows[l]));
         }
@@ -726,20 +744,25 @@ class LaneTiles {
 };
 #endif
 
-// Query rows [begin, end) of the (batch, head, row-in-group-order) sequence.
 #if defined(__AVX512BF16__)
 template <int K, int CH>
 void run_tiles(const Problem &p, const LanePlan &plan, const ColumnPatterns &patterns, int threads) {
-    const int64_t chunks = plan.chunks();
-    parallel_for(p.batch * p.heads * chunks, threads, [&](int64_t begin, int64_t end) {
+    const int64_t chunks = plan.chunks(), units = p.batch * p.heads * chunks;
+    // Too few chunks for the threads: split the rows into bands (each refills its K rows).
+    const int64_t bands = std::max<int64_t>(1, std::min<int64_t>((threads + units - 1) / units, p.height / (4 * K)));
+    parallel_for(units * bands, threads, [&](int64_t begin, int64_t end) {
         LaneTiles<K, CH> tiles(p, plan, patterns);
-        for (int64_t index = begin; index < end; index++)
-            tiles.attend_chunk(index / (chunks * p.heads), index / chunks % p.heads, index % chunks);
+        for (int64_t n = begin; n < end; n++) {
+            const int64_t index = n / bands, band = n % bands;
+            tiles.attend_chunk(index / (chunks * p.heads), index / chunks % p.heads, index % chunks,
+                               p.height * band / bands, p.height * (band + 1) / bands);
+        }
     });
 }
 #endif
 
-// Group-order positions flagged in `skip` (null: none) are left alone.
+// Query rows [begin, end) of the (batch, head, row-in-group-order) sequence. Group-order
+// positions flagged in `skip` (null: none) are left alone.
 template <typename T, int CH>
 void attend_rows(const Problem &p, const LogitLayout &layout, const ColumnPatterns &patterns,
                  const ColumnOffsets &columns, const uint8_t *skip, int64_t begin, int64_t end) {
