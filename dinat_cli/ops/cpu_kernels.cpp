@@ -456,8 +456,8 @@ struct ColumnOffsets {
 // pair serves 16 queries, the softmax runs lane by lane, and no sums across lanes are
 // needed. Values are packed as pairs of neighbouring members per channel, so two window
 // columns are one product of pairs. Each row is packed once and kept while the next query
-// rows need it. Against attending query by query: 0.65x the time at head size 48, the
-// same at 96 (where the packed rows outgrow L1).
+// rows need it. Against attending query by query: 0.6x the time at head size 48, 0.9x at
+// 96 (where the packed rows outgrow L1).
 
 // r[i] lane j -> r[j] lane i, for 32-bit elements.
 inline void transpose16(__m512i r[16]) {
