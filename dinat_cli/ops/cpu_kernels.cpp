@@ -601,11 +601,7 @@ class LaneTiles {
             for (int64_t tile = first_tile; tile < first_tile + tiles; tile++) {
                 const int64_t slice = end - begin, from = begin + slice * (tile - first_tile) / tiles;
                 for (int64_t s = from; s < begin + slice * (tile + 1 - first_tile) / tiles; s++)
-                    for (int n = 0; n < count; n++) {
-                        const char *pixel =
-                            reinterpret_cast<const char *>(upcoming[n].first + p.col_order[s] * upcoming[n].second);
-                        for (int line = 0; line < kDims * 2; line += 64) __builtin_prefetch(pixel + line, 0, 2);
-                    }
+                    for (int n = 0; n < count; n++) fetch(upcoming[n].first + p.col_order[s] * upcoming[n].second);
                 const int64_t start = plan.starts[tile];
                 const int32_t pattern = patterns.of_column[p.col_order[start]];
                 if (pattern != bias_pattern) {
@@ -630,6 +626,11 @@ class LaneTiles {
     const uint32_t *key_row[K], *value_row[K];
     int64_t begin = 0, end = 0;  // the chunk's group-order positions: packed element n is position begin + n
 
+    // One pixel's channels into L2.
+    static void fetch(const uint16_t *pixel) {
+        for (int line = 0; line < kDims * 2; line += 64) __builtin_prefetch(reinterpret_cast<const char *>(pixel) + line, 0, 2);
+    }
+
     // Positions [begin, end) of a row as channel pairs, pair-major.
     void pack_pairs(const uint16_t *row, int64_t column_stride, uint32_t *packed) const {
         for (int64_t s0 = begin; s0 < end; s0 += 16) {
@@ -637,10 +638,7 @@ class LaneTiles {
             for (int l = 0; l < 16; l++) pixel[l] = row + p.col_order[std::min(s0 + l, end - 1)] * column_stride;
             // The next 16 pixels are far from cache (one read per call): fetch them while these are moved.
             if (s0 + 16 < end)
-                for (int l = 0; l < 16; l++) {
-                    const char *next = reinterpret_cast<const char *>(row + p.col_order[std::min(s0 + 16 + l, end - 1)] * column_stride);
-                    for (int line = 0; line < 2 * kPairs * 2; line += 64) __builtin_prefetch(next + line);
-                }
+                for (int l = 0; l < 16; l++) fetch(row + p.col_order[std::min(s0 + 16 + l, end - 1)] * column_stride);
             for (int t0 = 0; t0 < kPairs; t0 += 16) {
                 const int n = kPairs - t0 < 16 ? kPairs - t0 : 16;
                 const __mmask16 mask = __mmask16((1u << n) - 1);
