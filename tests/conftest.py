@@ -5,9 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 import torch
+
+from dinat_cli.ops import native
+from dinat_cli.ops.cpu_variants import variants_for
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 GOLDEN_DIR = Path(os.environ.get("DINAT_GOLDEN", PROJECT_ROOT.parent / "shared" / "golden"))
@@ -49,3 +54,33 @@ def na2d_case(load_golden):
         return arrays
 
     return case
+
+
+CPU_VARIANTS = [variant.name for variant in variants_for()]
+
+
+def _use_cpu_kernels(name: str) -> Iterator[str]:
+    """Run the test with kernel variant `name` (or `off`, the PyTorch fallbacks).
+
+    A variant this CPU cannot run is skipped; one that was not built is skipped too,
+    unless DINAT_REQUIRE_CPU_KERNELS is set (CI), where it fails.
+    """
+    with native.use_variant(name):
+        status = native.kernel_status()
+        if name != "off" and status.reason is not None:
+            if name not in status.variants_built and os.environ.get("DINAT_REQUIRE_CPU_KERNELS"):
+                pytest.fail(status.reason, pytrace=False)
+            pytest.skip(status.reason)
+        yield name
+
+
+@pytest.fixture(params=[*CPU_VARIANTS, "off"])
+def cpu_kernels(request) -> Iterator[str]:
+    """Each compiled kernel variant in turn, then `off`."""
+    yield from _use_cpu_kernels(request.param)
+
+
+@pytest.fixture(params=CPU_VARIANTS)
+def cpu_variant(request) -> Iterator[str]:
+    """Each compiled kernel variant in turn."""
+    yield from _use_cpu_kernels(request.param)

@@ -183,35 +183,44 @@ def test_native_bfloat16_non_finite_values_stay_in_their_windows(
     assert torch.equal(torch.isfinite(out.float()), torch.isfinite(reference))
 
 
-def test_native_build_failure_is_one_reason_and_auto_moves_on(monkeypatch, tmp_path) -> None:
-    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no cached build to fall back on
-    native._load.cache_clear()
-    try:
-        reason = native.unavailable_reason()
-        assert reason is not None and "could not be built" in reason and "\n" not in reason
+def test_kernels_off_is_one_reason_and_auto_moves_on() -> None:
+    with native.use_variant("off"):
+        assert native.unavailable_reason() == "DINAT_CPU_KERNELS=off"
         assert ops.resolve_backend("auto", "cpu") != "native"
-        with pytest.raises(UsageError, match="--attention native is not available"):
+        with pytest.raises(UsageError, match="--attention native is not available: DINAT_CPU_KERNELS=off"):
             ops.resolve_backend("native", "cpu")
-    finally:
-        native._load.cache_clear()
-    assert not list(tmp_path.glob("dinat/kernels/*.tmp"))
 
 
-def test_native_build_is_cached_per_machine(monkeypatch, tmp_path) -> None:
-    _skip_unavailable("native")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    native._load.cache_clear()
-    try:
-        assert native.unavailable_reason() is None
-        built = list(tmp_path.glob("dinat/kernels/cpu_kernels-*.so"))
-        assert len(built) == 1
-        mtime = built[0].stat().st_mtime_ns
-        native._load.cache_clear()
-        assert native.unavailable_reason() is None
-        assert [path.stat().st_mtime_ns for path in tmp_path.glob("dinat/kernels/*")] == [mtime]
-    finally:
-        native._load.cache_clear()
+@pytest.mark.parametrize(
+    "requested, built, runnable, variant, reason",
+    [
+        ("auto", ("baseline", "avx2", "avx512"), ("baseline", "avx2"), "avx2", None),
+        ("baseline", ("baseline", "avx2"), ("baseline", "avx2"), "baseline", None),
+        ("avx512bf16", ("baseline", "avx512bf16"), ("baseline",), "none", "this CPU cannot run the avx512bf16 variant"),
+        ("avx512", ("baseline",), ("baseline",), "none", "the avx512 variant was not built (built: baseline)"),
+        ("auto", (), (), "none", "installed without its compiled kernels"),
+        ("fastest", ("baseline",), ("baseline",), "none", "DINAT_CPU_KERNELS=fastest: expected auto, off or one of"),
+    ],
+)
+def test_variant_choice(monkeypatch, requested, built, runnable, variant, reason) -> None:
+    # A variant the CPU cannot run is never loaded (it would die of an illegal instruction).
+    monkeypatch.setattr(native, "_built", lambda: {name: None for name in built})
+    monkeypatch.setattr(native, "runnable_variants", lambda: runnable)
+    status = native._status.__wrapped__(requested)
+    assert status.variant == variant
+    assert (status.reason is None) if reason is None else (reason in status.reason and "\n" not in status.reason)
+    assert status.variants_built == built and status.variants_runnable == runnable
+
+
+def test_environment_selects_the_variant(monkeypatch) -> None:
+    runnable = native.runnable_variants()
+    if not runnable:
+        pytest.skip(native.kernel_status().reason)
+    monkeypatch.setenv("DINAT_CPU_KERNELS", runnable[0])
+    assert native.kernel_status().variant == runnable[0]
+    monkeypatch.setenv("DINAT_CPU_KERNELS", "auto")
+    assert native.kernel_status().variant == runnable[-1]
+
 
 
 def test_failed_compile_warns_once_and_runs_the_exact_fallback(monkeypatch) -> None:

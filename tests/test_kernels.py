@@ -11,15 +11,13 @@ import torch
 
 from dinat_cli.model.layers import FeedForward, LayerNorm
 from dinat_cli.model.pooling import box_means_reference
-from dinat_cli.ops import backends, native
+from dinat_cli.ops import native
 from dinat_cli.ops.gated import gated_dwconv_gelu_reference
 
 
 @pytest.fixture
-def native_kernels() -> None:
-    reason = backends.unavailable_reason("native", "cpu")
-    if reason is not None:
-        pytest.skip(reason)
+def native_kernels(cpu_variant: str) -> str:
+    return cpu_variant
 
 
 @pytest.mark.parametrize(

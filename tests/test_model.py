@@ -11,7 +11,6 @@ from dinat_cli.model import RestoreDiNAT
 from dinat_cli.model.attention import NeighborhoodAttention2D
 from dinat_cli.model.blocks import TransBlock, _band_matrix
 from dinat_cli.model.layers import FeedForward
-from dinat_cli.ops import native
 
 MODEL_FILES = ["model_std_global", "model_std_tlc", "model_dualpixel_tlc", "model_nochan_custom"]
 
@@ -29,14 +28,10 @@ def _golden_model(load_golden, name: str) -> tuple[RestoreDiNAT, list[tuple[torc
     return model, pairs
 
 
-@pytest.mark.parametrize("kernels", ["native", "pytorch"])
 @pytest.mark.parametrize("name", MODEL_FILES)
-def test_network_matches_official_outputs(load_golden, monkeypatch, name: str, kernels: str) -> None:
-    if kernels == "pytorch":  # a machine without a C++ compiler
-        monkeypatch.setattr(native, "unavailable_reason", lambda: "no C++ compiler (test)")
-    else:
-        # Bands of 8 rows: every band edge of the feed-forward network is exercised.
-        monkeypatch.setattr(FeedForward, "band_pixels", 1)
+def test_network_matches_official_outputs(load_golden, monkeypatch, cpu_kernels: str, name: str) -> None:
+    # Bands of 8 rows: every band edge of the feed-forward network is exercised.
+    monkeypatch.setattr(FeedForward, "band_pixels", 1)
     model, pairs = _golden_model(load_golden, name)
     assert pairs
     with torch.inference_mode():

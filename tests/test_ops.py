@@ -12,9 +12,10 @@ CASES = [f"case{i}" for i in range(8)]
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_matches_natten_float32(na2d_case, case: str) -> None:
+def test_matches_natten_float32(na2d_case, cpu_kernels: str, case: str) -> None:
     c = na2d_case(case)
-    out = na2d(c["q"], c["k"], c["v"], c["kernel_size"], c["dilation"], rpb=c["rpb"], scale=c["scale"])
+    backend = "torch" if cpu_kernels == "off" else "native"
+    out = na2d(c["q"], c["k"], c["v"], c["kernel_size"], c["dilation"], rpb=c["rpb"], scale=c["scale"], backend=backend)
     assert out.dtype == torch.float32
     assert (out - c["out"]).abs().max().item() <= 1e-5
 
@@ -22,10 +23,11 @@ def test_matches_natten_float32(na2d_case, case: str) -> None:
 # Outputs reach |3|: that is about 3 units in the last place of each format there.
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float16, 6e-3), (torch.bfloat16, 5e-2)])
 @pytest.mark.parametrize("case", ["case0", "case3", "case5"])
-def test_half_precision_close_to_natten(na2d_case, case: str, dtype: torch.dtype, tolerance: float) -> None:
+def test_half_precision_close_to_natten(na2d_case, cpu_kernels: str, case: str, dtype: torch.dtype, tolerance: float) -> None:
     c = na2d_case(case)
     q, k, v, rpb = (c[name].to(dtype) for name in ("q", "k", "v", "rpb"))
-    out = na2d(q, k, v, c["kernel_size"], c["dilation"], rpb=rpb, scale=c["scale"])
+    backend = "torch" if cpu_kernels == "off" else "native"
+    out = na2d(q, k, v, c["kernel_size"], c["dilation"], rpb=rpb, scale=c["scale"], backend=backend)
     assert out.dtype == dtype
     assert (out.float() - c["out"]).abs().max().item() <= tolerance
 

@@ -1,4 +1,4 @@
-"""CPU kernels in C++ (`cpu_kernels.cpp`), built for this CPU on first use.
+"""CPU kernels in C++ (`csrc/`), compiled when the package is built, one library per instruction set.
 
 - `na2d_native`: the `native` attention backend. It computes what the reference
   computes, query by query, without the K*K copies of keys an eager gather makes; in
@@ -13,10 +13,11 @@
 - `box_means`: TLC's local channel means, equal bit for bit to the PyTorch expression,
   in one pass that keeps only the integral-image rows a box starts on.
 
-The library is built with the system C++ compiler (`$CXX`, else `c++`), loaded with
-ctypes and kept in the user cache (`kernels/`) under a name hashed from the source, the
-compiler, the flags and the CPU, so a machine pays the build (about 10 s) once. Kernels
-run on `torch.get_num_threads()` threads with the GIL released.
+The variants (`cpu_variants.py`: x86-64 baseline, AVX2, AVX-512, AVX-512 with BF16) are
+loaded with ctypes; the fastest one this CPU runs is taken, or the one that
+`DINAT_CPU_KERNELS` (`auto`, a variant's name, `off`) or `use_variant` names. The
+libraries bind to no Python or torch symbol, so one build serves any torch; kernels run
+on `torch.get_num_threads()` threads with the GIL released.
 """
 
 from __future__ import annotations
@@ -24,78 +25,57 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import hashlib
+import importlib.machinery
 import os
-import platform
-import shutil
-import subprocess
-import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from dinat_cli.ops.cpu_variants import CpuVariant, variants_for
 from dinat_cli.ops.windows import axis_windows, group_order
 
-_SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
-_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fopenmp")
+ENV_VARIABLE = "DINAT_CPU_KERNELS"
 _NATIVE_DTYPES = (torch.float32, torch.bfloat16)
 _I64 = ctypes.c_int64
 _PTR = ctypes.c_void_p
+_VARIANTS = {variant.name: variant for variant in variants_for()}
+_forced: str | None = None
 
 
-def _compiler() -> str | None:
-    return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+@dataclass(frozen=True)
+class KernelStatus:
+    """Which kernel variant runs here and why: what `dinat doctor` reports."""
+
+    variant: str  # the one in use; "none" when no variant can run
+    requested: str  # "auto", "off" or a variant's name
+    variants_built: tuple[str, ...]  # installed with the package, slowest first
+    variants_runnable: tuple[str, ...]  # built and supported by this CPU
+    reason: str | None  # why `variant` is "none", or None
 
 
-def _cpu_identity() -> str:
-    # A cache folder shared by machines of different CPUs must not hand one the other's build.
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    return platform.processor() or platform.machine()
-
-
-def _build(compiler: str) -> Path:
-    from dinat_cli.registry import cache_dir
-
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
-    key = hashlib.sha256(
-        "\0".join([_SOURCE.read_text(), compiler, version, *_FLAGS, _cpu_identity()]).encode()
-    ).hexdigest()[:16]
-    folder = cache_dir() / "kernels"
-    library = folder / f"cpu_kernels-{key}.so"
-    if library.exists():
-        return library
-    folder.mkdir(parents=True, exist_ok=True)
-    # Build beside the target, then rename: processes building at once never load half a file.
-    handle, partial = tempfile.mkstemp(dir=folder, suffix=".so.tmp")
-    os.close(handle)
-    try:
-        result = subprocess.run(
-            [compiler, *_FLAGS, str(_SOURCE), "-o", partial], capture_output=True, text=True, check=False
-        )
-        if result.returncode != 0:
-            first_error = next((line for line in result.stderr.splitlines() if "error" in line), result.stderr.strip())
-            raise OSError(f"{compiler} failed: {first_error[:300]}")
-        os.replace(partial, library)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(partial)
-    return library
+def _library_path(variant: CpuVariant) -> Path | None:
+    folder = Path(__file__).parent
+    return next(
+        (folder / f"{variant.module}{suffix}" for suffix in importlib.machinery.EXTENSION_SUFFIXES
+         if (folder / f"{variant.module}{suffix}").is_file()),
+        None,
+    )
 
 
 @functools.cache
-def _load() -> tuple[ctypes.CDLL | None, str | None]:
-    compiler = _compiler()
-    if compiler is None:
-        return None, "no C++ compiler found (set CXX)"
-    try:
-        library = ctypes.CDLL(str(_build(compiler)))
-    except OSError as error:
-        return None, f"the native kernel could not be built: {error}"
+def _built() -> dict[str, Path]:
+    return {name: path for name, variant in _VARIANTS.items() if (path := _library_path(variant)) is not None}
+
+
+@functools.cache
+def _open(name: str) -> ctypes.CDLL:
+    # torch is imported above, so the library's libgomp.so.1 resolves to the one torch loaded.
+    library = ctypes.CDLL(str(_built()[name]))
+    library.cpu_features.restype = ctypes.c_int
+    library.cpu_features.argtypes = []
     library.na2d_forward.restype = ctypes.c_int
     library.na2d_forward.argtypes = [ctypes.c_int, *[_PTR] * 8, *[_I64] * 6, *[_PTR] * 7, ctypes.c_float, ctypes.c_int]
     library.box_means.restype = ctypes.c_int
@@ -106,12 +86,67 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     library.layer_norm.argtypes = [ctypes.c_int, *[_PTR] * 3, *[_I64] * 4, _PTR, _PTR, ctypes.c_float, ctypes.c_int]
     library.channel_means.restype = ctypes.c_int
     library.channel_means.argtypes = [ctypes.c_int, *[_PTR] * 3, *[_I64] * 4, ctypes.c_int]
-    return library, None
+    return library
+
+
+@functools.cache
+def runnable_variants() -> tuple[str, ...]:
+    """The built variants this CPU supports, slowest first."""
+    built = _built()
+    if "baseline" not in built:
+        return ()
+    # Only the baseline library is safe to load on any CPU of the architecture: it asks cpuid.
+    features = _open("baseline").cpu_features()
+    return tuple(name for name in built if _VARIANTS[name].features & ~features == 0)
+
+
+def _requested() -> str:
+    return _forced or os.environ.get(ENV_VARIABLE, "").strip().lower() or "auto"
+
+
+@functools.cache
+def _status(requested: str) -> KernelStatus:
+    built, runnable = tuple(_built()), runnable_variants()
+
+    def status(variant: str, reason: str | None) -> KernelStatus:
+        return KernelStatus(variant, requested, built, runnable, reason)
+
+    if requested == "off":
+        return status("none", f"{ENV_VARIABLE}=off")
+    if not built:
+        return status("none", "the package was installed without its compiled kernels (no C++ compiler at build time)")
+    if requested == "auto":
+        if not runnable:
+            return status("none", "no built variant runs on this CPU")
+        return status(runnable[-1], None)
+    if requested not in _VARIANTS:
+        return status("none", f"{ENV_VARIABLE}={requested}: expected auto, off or one of {', '.join(_VARIANTS)}")
+    if requested not in built:
+        return status("none", f"the {requested} variant was not built (built: {', '.join(built)})")
+    if requested not in runnable:
+        return status("none", f"this CPU cannot run the {requested} variant (runnable: {', '.join(runnable) or 'none'})")
+    return status(requested, None)
+
+
+def kernel_status() -> KernelStatus:
+    """The variant in use for the current request (environment or `use_variant`), and why."""
+    return _status(_requested())
+
+
+@contextlib.contextmanager
+def use_variant(name: str) -> Iterator[None]:
+    """Run the kernels of variant `name` (or `auto`, `off`) inside the `with` block."""
+    global _forced
+    previous, _forced = _forced, name
+    try:
+        yield
+    finally:
+        _forced = previous
 
 
 def unavailable_reason() -> str | None:
-    """Why the native kernels cannot run here (building them on first use), or None."""
-    return _load()[1]
+    """Why the native kernels cannot run here, or None."""
+    return kernel_status().reason
 
 
 def usable_for(tensor: torch.Tensor) -> bool:
@@ -120,10 +155,10 @@ def usable_for(tensor: torch.Tensor) -> bool:
 
 
 def _library() -> ctypes.CDLL:
-    library, reason = _load()
-    if library is None:
-        raise RuntimeError(reason)
-    return library
+    status = kernel_status()
+    if status.reason is not None:
+        raise RuntimeError(status.reason)
+    return _open(status.variant)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -220,11 +255,8 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
 @functools.cache
 def supported_dims() -> tuple[int, ...]:
     """Head dimensions the kernel has a variant for; others are zero-padded to the next one."""
-    library, _ = _load()
-    if library is None:
-        return ()
     dims = (_I64 * 32)()
-    return tuple(dims[: library.na2d_dims(dims, 32)])
+    return tuple(dims[: _library().na2d_dims(dims, 32)])
 
 
 def _strides(tensor: torch.Tensor) -> ctypes.Array:
