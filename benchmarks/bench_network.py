@@ -8,6 +8,10 @@ wall-clock and the CPU time of the process per image.
     python benchmarks/bench_network.py                      # 256x256, fp32 torch/compiled/native, bf16 native
     python benchmarks/bench_network.py --size 1280x720 --rounds 2
     python benchmarks/bench_network.py --official official.py --configs official,fp32-native,bf16-native
+    python benchmarks/bench_network.py --configs fp32-native@avx2,fp32-native@avx512,fp32-native@avx512bf16
+
+A `native` configuration runs the kernel variant `auto` picks for this CPU; `@VARIANT`
+forces one (`baseline`, `avx2`, `avx512`, `avx512bf16`; see `dinat doctor`).
 
 `--official FILE` adds the authors' implementation as the first configuration: FILE is
 a Python file whose `build_official_model()` returns the official network (float32,
@@ -31,6 +35,7 @@ from dinat_cli import ops
 from dinat_cli.checkpoints import infer_config
 from dinat_cli.cli.bench import OFFICIAL_CONFIG, parse_size
 from dinat_cli.model import RestoreDiNAT
+from dinat_cli.ops import native
 
 CONFIGS = {
     "fp32-torch": ("torch", torch.float32),
@@ -47,10 +52,19 @@ def timed(forward: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float, flo
     return out.float(), time.perf_counter() - wall, time.process_time() - cpu
 
 
-def ours(model: RestoreDiNAT, image: torch.Tensor, backend: str, dtype: torch.dtype) -> Callable[[], torch.Tensor]:
+def ours(model: RestoreDiNAT, image: torch.Tensor, config: str) -> Callable[[], torch.Tensor]:
+    """The forward pass of configuration `config`: a name of CONFIGS, optionally `@VARIANT`."""
+    name, _, variant = config.partition("@")
+    if name not in CONFIGS:
+        raise SystemExit(f"--configs {config}: expected one of {', '.join(CONFIGS)}, optionally @VARIANT")
+    backend, dtype = CONFIGS[name]
+    with native.use_variant(variant or "auto"):
+        if variant and native.kernel_status().reason:
+            raise SystemExit(f"--configs {config}: {native.kernel_status().reason}")
+
     def forward() -> torch.Tensor:
         precision = torch.autocast("cpu", dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
-        with ops.use_backend(backend), precision:
+        with ops.use_backend(backend), native.use_variant(variant or "auto"), precision:
             return model(image)
 
     return forward
@@ -86,7 +100,7 @@ def main() -> None:
         names = ["official", *(name for name in names if name != "official")]
     else:
         model = RestoreDiNAT(**OFFICIAL_CONFIG, tlc=True).eval()
-    forwards.update({name: ours(model, image, *CONFIGS[name]) for name in names if name in CONFIGS})
+    forwards.update({name: ours(model, image, name) for name in names if name != "official"})
     outputs, first, walls, cpus = {}, {}, {name: [] for name in names}, {name: [] for name in names}
     for name in names:
         outputs[name], first[name], _ = timed(forwards[name])
@@ -97,14 +111,17 @@ def main() -> None:
             cpus[name].append(cpu)
     reference = outputs[names[0]]
     median = {name: sorted(walls[name])[len(walls[name]) // 2] for name in names}
-    print(f"{width}x{height}, {args.threads} threads, load {os.getloadavg()[0]:.1f}, torch {torch.__version__}")
-    print(f"{'config':<15} {'first s':>8} {'best s':>8} {'median s':>9} {'cpu s':>7} {'speed-up':>9}  vs {names[0]}")
+    print(
+        f"{width}x{height}, {args.threads} threads, load {os.getloadavg()[0]:.1f}, torch {torch.__version__}, "
+        f"kernels {native.kernel_status().variant} by default"
+    )
+    print(f"{'config':<24} {'first s':>8} {'best s':>8} {'median s':>9} {'cpu s':>7} {'speed-up':>9}  vs {names[0]}")
     for name in names:
         error = (outputs[name] - reference).abs().max().item()
         mse = (outputs[name] - reference).pow(2).mean().item()
         psnr = "inf" if mse == 0 else f"{10 * torch.log10(torch.tensor(1.0 / mse)).item():.1f} dB"
         print(
-            f"{name:<15} {first[name]:8.2f} {min(walls[name]):8.2f} {median[name]:9.2f} {min(cpus[name]):7.2f} "
+            f"{name:<24} {first[name]:8.2f} {min(walls[name]):8.2f} {median[name]:9.2f} {min(cpus[name]):7.2f} "
             f"{median[names[0]] / median[name]:8.2f}x  max|diff| {error:.1e}, PSNR {psnr}"
         )
 

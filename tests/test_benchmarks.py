@@ -12,9 +12,10 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_network.py"
 
 
-def test_official_model_is_the_first_configuration_and_shares_its_weights(tmp_path, monkeypatch, capsys) -> None:
-    # A stand-in for the authors' code: a small network of the same architecture, seeded
-    # differently from ours, so that equal outputs mean its weights were loaded into ours.
+@pytest.fixture
+def official(tmp_path) -> Path:
+    """A stand-in for the authors' code: a small network of the same architecture, seeded
+    differently from ours, so that equal outputs mean its weights were loaded into ours."""
     official = tmp_path / "official.py"
     official.write_text(
         textwrap.dedent(
@@ -28,6 +29,10 @@ def test_official_model_is_the_first_configuration_and_shares_its_weights(tmp_pa
             """
         )
     )
+    return official
+
+
+def test_official_model_is_the_first_configuration_and_shares_its_weights(official, monkeypatch, capsys) -> None:
     argv = ["bench_network.py", "--official", str(official), "--configs", "fp32-torch", "--size", "48", "--rounds", "1"]
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_path(str(BENCH), run_name="__main__")
@@ -43,4 +48,25 @@ def test_official_file_that_is_not_a_module_is_one_clear_error(tmp_path, monkeyp
     (tmp_path / "notes.txt").write_text("not python")
     monkeypatch.setattr(sys, "argv", ["bench_network.py", "--official", str(tmp_path / name)])
     with pytest.raises(SystemExit, match="not a Python file"):
+        runpy.run_path(str(BENCH), run_name="__main__")
+
+
+def test_configurations_can_force_a_kernel_variant(official, cpu_variant, monkeypatch, capsys) -> None:
+    configs = f"fp32-native@{cpu_variant}"
+    argv = ["bench_network.py", "--official", str(official), "--configs", configs, "--size", "48", "--rounds", "1"]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(BENCH), run_name="__main__")
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
+    assert list(rows) == ["official", configs]
+    assert float(rows[f"fp32-native@{cpu_variant}"].split("max|diff| ")[1].split(",")[0]) <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "config, message", [("fp32-native@sse9", "expected auto, off or one of"), ("fp64", "expected one of")]
+)
+def test_unknown_configuration_or_variant_is_one_clear_error(official, monkeypatch, config, message) -> None:
+    monkeypatch.setattr(
+        sys, "argv", ["bench_network.py", "--official", str(official), "--configs", config, "--size", "48"]
+    )
+    with pytest.raises(SystemExit, match=message):
         runpy.run_path(str(BENCH), run_name="__main__")
