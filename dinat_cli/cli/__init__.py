@@ -12,6 +12,7 @@ from rich.console import Console
 # Command modules register on import.
 from dinat_cli.cli import (
     bench,  # noqa: F401
+    doctor,  # noqa: F401
     evaluate,  # noqa: F401
     restore,  # noqa: F401
     weights,  # noqa: F401
