@@ -222,7 +222,6 @@ def test_environment_selects_the_variant(monkeypatch) -> None:
     assert native.kernel_status().variant == runnable[-1]
 
 
-
 def test_failed_compile_warns_once_and_runs_the_exact_fallback(monkeypatch) -> None:
     calls = []
 

@@ -23,7 +23,9 @@ def test_matches_natten_float32(na2d_case, cpu_kernels: str, case: str) -> None:
 # Outputs reach |3|: that is about 3 units in the last place of each format there.
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float16, 6e-3), (torch.bfloat16, 5e-2)])
 @pytest.mark.parametrize("case", ["case0", "case3", "case5"])
-def test_half_precision_close_to_natten(na2d_case, cpu_kernels: str, case: str, dtype: torch.dtype, tolerance: float) -> None:
+def test_half_precision_close_to_natten(
+    na2d_case, cpu_kernels: str, case: str, dtype: torch.dtype, tolerance: float
+) -> None:
     c = na2d_case(case)
     q, k, v, rpb = (c[name].to(dtype) for name in ("q", "k", "v", "rpb"))
     backend = "torch" if cpu_kernels == "off" else "native"

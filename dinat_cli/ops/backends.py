@@ -1,8 +1,8 @@
 """Attention backends: which implementation of `na2d` runs, chosen globally or per call.
 
 - `torch`: the eager reference (`neighborhood.na2d`); exact, any device, slow.
-- `native`: a C++ kernel built for the host CPU on first use (`native.py`); exact to
-  float32 rounding, float32 and bfloat16. CPU only; needs a C++ compiler.
+- `native`: C++ kernels compiled with the package, one variant per instruction set
+  (`native.py`); exact to float32 rounding, float32 and bfloat16. CPU only.
 - `compiled`: `fused.na2d_fused` through `torch.compile` (inductor: C++ on CPU,
   Triton on CUDA); exact to float32 rounding. Needs a working C++ compiler on CPU.
 - `flex`: PyTorch's `flex_attention`, the bias as a score modification and the

@@ -19,7 +19,7 @@ AVX512_BF16 = 4
 
 @dataclass(frozen=True)
 class CpuVariant:
-    """One compiled variant: its compile unit, the flags that pick its instruction set, and the CPU features it needs."""
+    """One compiled variant: its compile unit, the flags choosing its instruction set, the CPU features it needs."""
 
     name: str
     source: str  # in csrc/

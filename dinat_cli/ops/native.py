@@ -59,8 +59,11 @@ class KernelStatus:
 def _library_path(variant: CpuVariant) -> Path | None:
     folder = Path(__file__).parent
     return next(
-        (folder / f"{variant.module}{suffix}" for suffix in importlib.machinery.EXTENSION_SUFFIXES
-         if (folder / f"{variant.module}{suffix}").is_file()),
+        (
+            folder / f"{variant.module}{suffix}"
+            for suffix in importlib.machinery.EXTENSION_SUFFIXES
+            if (folder / f"{variant.module}{suffix}").is_file()
+        ),
         None,
     )
 
@@ -124,7 +127,9 @@ def _status(requested: str) -> KernelStatus:
     if requested not in built:
         return status("none", f"the {requested} variant was not built (built: {', '.join(built)})")
     if requested not in runnable:
-        return status("none", f"this CPU cannot run the {requested} variant (runnable: {', '.join(runnable) or 'none'})")
+        return status(
+            "none", f"this CPU cannot run the {requested} variant (runnable: {', '.join(runnable) or 'none'})"
+        )
     return status(requested, None)
 
 
