@@ -57,17 +57,17 @@ def _psnr(output: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 # Half precision is checked as the engine runs it: autocast, so that layer norms and
-# softmax stay in float32. On the golden networks (random, deliberately hard weights)
-# bfloat16 measured 46-52 dB and float16 60-66 dB against natten's float32 outputs.
+# softmax stay in float32. On the reference network (random, deliberately hard weights)
+# bfloat16 measured 77 dB and float16 95 dB against the official float32 outputs (torch,
+# native and compiled alike); pure bfloat16, layer norms and softmax included, measured 58 dB.
 @pytest.mark.parametrize("dtype, min_psnr", [(torch.bfloat16, 40.0), (torch.float16, 50.0)])
 @pytest.mark.parametrize("backend", ["torch", "native", "compiled"])
-def test_half_precision_network_psnr(load_golden, backend: str, dtype: torch.dtype, min_psnr: float) -> None:
+def test_half_precision_network_psnr(load_reference, backend: str, dtype: torch.dtype, min_psnr: float) -> None:
     _skip_unavailable(backend)
-    data = load_golden("model_std_tlc.npz")
+    data = load_reference("model_std_tlc.npz")
     model = RestoreDiNAT(**json.loads(str(data["config"])), attention=backend).eval()
-    params = {key.removeprefix("param/"): torch.from_numpy(data[key]) for key in data.files if key.startswith("param/")}
-    model.load_state_dict(params, strict=True)
-    x, expected = torch.from_numpy(data["x1"]), torch.from_numpy(data["y1"])  # 96x128: float16 is slow on CPU
+    model.load_state_dict(data.state_dict("param/"), strict=True)
+    x, expected = data.tensor("x1"), data.tensor("y1")  # the small input: float16 is slow on CPU
     with torch.inference_mode(), torch.autocast("cpu", dtype=dtype):
         assert _psnr(model(x), expected) >= min_psnr
 
