@@ -4,7 +4,11 @@ which made it."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
+import sys
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +17,53 @@ import torch
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
+
+def _is_project_root(entry: str) -> bool:
+    try:
+        return Path(entry or os.curdir).resolve() == PROJECT_ROOT
+    except (OSError, RuntimeError):
+        return False
+
+
+def editable_install() -> bool:
+    """Whether dinat-cli is installed in editable (development) mode, as pip records it."""
+    try:
+        direct_url = metadata.distribution("dinat-cli").read_text("direct_url.json")
+    except metadata.PackageNotFoundError:
+        return False
+    return bool(direct_url and json.loads(direct_url).get("dir_info", {}).get("editable"))
+
+
+def _use_the_installed_package() -> str | None:
+    """Make `import dinat_cli` find the installed package, not the source folder.
+
+    `python -m pytest` (and PYTHONPATH=.) put the clone's root on sys.path, where
+    `import dinat_cli` finds the source folder: it lacks what only the installed package
+    holds (dinat_cli.weights, mapped from weights/ by pyproject.toml; built kernels).
+    Returns why the tests cannot run, or None.
+    """
+    original = list(sys.path)
+    sys.path[:] = [entry for entry in original if not _is_project_root(entry)]
+    dropped = len(sys.path) < len(original)
+    if dropped:
+        importlib.invalidate_caches()
+    # An editable install resolves through a meta-path finder, without the root on sys.path.
+    if importlib.util.find_spec("dinat_cli") is not None:
+        return None
+    if dropped and editable_install():  # an older editable install that works through the path
+        sys.path[:] = original
+        return None
+    return "dinat_cli is not installed: run `pip install .` (or `pip install '.[test]'`) in the project first"
+
+
+_NOT_INSTALLED = _use_the_installed_package()  # before any test module imports dinat_cli
+
 REFERENCE_DIR = Path(os.environ.get("DINAT_REFERENCE", PROJECT_ROOT / "tests" / "data" / "reference"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if _NOT_INSTALLED:
+        raise pytest.UsageError(_NOT_INSTALLED)  # one line: "ERROR: dinat_cli is not installed: ..."
 
 
 def reference_tensor(array: np.ndarray) -> torch.Tensor:
@@ -50,6 +100,12 @@ class Reference:
     def state_dict(self, prefix: str) -> dict[str, torch.Tensor]:
         """The float32 parameters stored under `prefix`, named without it."""
         return {key.removeprefix(prefix): self.tensor(key) for key in self.files if key.startswith(prefix)}
+
+
+@pytest.fixture(scope="session")
+def editable() -> bool:
+    """Whether dinat-cli is installed in editable mode (pip's direct_url.json says so)."""
+    return editable_install()
 
 
 @pytest.fixture(scope="session")
