@@ -80,10 +80,10 @@ def test_configuration_is_inferred_from_tensor_shapes(overrides: dict) -> None:
     assert config == expected
 
 
-def test_official_configuration_is_inferred(golden_dir: Path) -> None:
+def test_official_configuration_is_inferred(reference_dir: Path) -> None:
     import json
 
-    facts = json.loads((golden_dir / "official_checkpoints.json").read_text())["architecture"]
+    facts = json.loads((reference_dir / "official_checkpoints.json").read_text())["architecture"]
     config = infer_config(RestoreDiNAT(dim=48, chan_adapt=True).state_dict())
     for key in (
         "dim",

@@ -41,8 +41,8 @@ def _parse_strict(text: str) -> dict:
     return json.loads(text, parse_constant=refuse)
 
 
-def test_json_reproduces_official_values_with_exact_schema(golden_dir) -> None:
-    metrics_dir = golden_dir / "metrics"
+def test_json_reproduces_official_values_with_exact_schema(reference_dir) -> None:
+    metrics_dir = reference_dir / "metrics"
     result = _invoke("--gt", str(metrics_dir / "gt"), "--pred", str(metrics_dir / "pred"), "--json")
     assert result.exit_code == 0, result.output
     report = _parse_strict(result.stdout)  # stdout holds the JSON and nothing else
@@ -59,8 +59,8 @@ def test_json_reproduces_official_values_with_exact_schema(golden_dir) -> None:
     assert report["mean"]["ssim"] == pytest.approx(np.mean([i["ssim"] for i in official.values()]), abs=TOLERANCE)
 
 
-def test_y_channel_mean_matches_official_set_mean(golden_dir) -> None:
-    metrics_dir = golden_dir / "metrics"
+def test_y_channel_mean_matches_official_set_mean(reference_dir) -> None:
+    metrics_dir = reference_dir / "metrics"
     expected = json.loads((metrics_dir / "expected.json").read_text())["sets"]["bits8_y1"]
     pairs = [pair for pair in pair_files(metrics_dir / "gt", metrics_dir / "pred") if "8bit" in pair.name]
     evaluation = score_pairs(pairs, "dinat", y_channel=True, jobs=2)

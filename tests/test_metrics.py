@@ -1,4 +1,4 @@
-"""PSNR/SSIM/MAE against the official DiNAT-IR values (../shared/golden/metrics) and
+"""PSNR/SSIM/MAE against the official DiNAT-IR values (tests/data/reference/metrics) and
 against independent references (scipy filters, scikit-image) for the other protocols."""
 
 from __future__ import annotations
@@ -18,18 +18,18 @@ from dinat_cli.io import read_image
 TOLERANCE = 1e-4  # dB for PSNR, absolute for SSIM: the official 3-D SSIM runs in float32
 
 
-def _golden_cases(golden_dir):
-    expected = json.loads((golden_dir / "metrics" / "expected.json").read_text())["sets"]
+def _reference_cases(reference_dir):
+    expected = json.loads((reference_dir / "metrics" / "expected.json").read_text())["sets"]
     for set_name, spec in expected.items():
         for image_name, values in spec["images"].items():
             yield set_name, spec, image_name, values
 
 
-def test_reproduces_official_values(golden_dir) -> None:
+def test_reproduces_official_values(reference_dir) -> None:
     checked = 0
-    for set_name, spec, image_name, values in _golden_cases(golden_dir):
-        gt = read_image(golden_dir / "metrics" / "gt" / image_name)
-        pred = read_image(golden_dir / "metrics" / "pred" / image_name)
+    for set_name, spec, image_name, values in _reference_cases(reference_dir):
+        gt = read_image(reference_dir / "metrics" / "gt" / image_name)
+        pred = read_image(reference_dir / "metrics" / "pred" / image_name)
         assert gt.bit_depth == spec["bit_depth"]
         scores = metrics.score_pair(
             gt.pixels, pred.pixels, "dinat", gt.bit_depth, spec["y_channel"], spec["crop_border"]

@@ -1,4 +1,4 @@
-"""The whole network against the official code's outputs (../shared/golden/model_*.npz)."""
+"""The whole network against the official code's outputs (tests/data/reference/model_*.npz)."""
 
 from __future__ import annotations
 
@@ -15,24 +15,23 @@ from dinat_cli.model.layers import FeedForward
 MODEL_FILES = ["model_std_global", "model_std_tlc", "model_dualpixel_tlc", "model_nochan_custom"]
 
 
-def _golden_model(load_golden, name: str) -> tuple[RestoreDiNAT, list[tuple[torch.Tensor, torch.Tensor]]]:
-    data = load_golden(f"{name}.npz")
+def _reference_model(load_reference, name: str) -> tuple[RestoreDiNAT, list[tuple[torch.Tensor, torch.Tensor]]]:
+    data = load_reference(f"{name}.npz")
     model = RestoreDiNAT(**json.loads(str(data["config"]))).eval()
-    params = {key.removeprefix("param/"): torch.from_numpy(data[key]) for key in data.files if key.startswith("param/")}
-    model.load_state_dict(params, strict=True)
+    model.load_state_dict(data.state_dict("param/"), strict=True)
     pairs = []
     index = 0
-    while f"x{index}" in data.files:
-        pairs.append((torch.from_numpy(data[f"x{index}"]), torch.from_numpy(data[f"y{index}"])))
+    while f"x{index}" in data:
+        pairs.append((data.tensor(f"x{index}"), data.tensor(f"y{index}")))
         index += 1
     return model, pairs
 
 
 @pytest.mark.parametrize("name", MODEL_FILES)
-def test_network_matches_official_outputs(load_golden, monkeypatch, cpu_kernels: str, name: str) -> None:
+def test_network_matches_official_outputs(load_reference, monkeypatch, cpu_kernels: str, name: str) -> None:
     # Bands of 8 rows: every band edge of the feed-forward network is exercised.
     monkeypatch.setattr(FeedForward, "band_pixels", 1)
-    model, pairs = _golden_model(load_golden, name)
+    model, pairs = _reference_model(load_reference, name)
     assert pairs
     with torch.inference_mode():
         for x, expected in pairs:
@@ -40,24 +39,20 @@ def test_network_matches_official_outputs(load_golden, monkeypatch, cpu_kernels:
 
 
 @pytest.mark.parametrize("case", ["case0", "case1", "case2"])
-def test_attention_module_matches_natten(load_golden, case: str) -> None:
-    data = load_golden("na2d_module.npz")
-    x = torch.from_numpy(data[f"{case}/x"])
+def test_attention_module_matches_natten(load_reference, case: str) -> None:
+    data = load_reference("na2d_module.npz")
+    x = data.tensor(f"{case}/x")
     layer = NeighborhoodAttention2D(
         x.shape[-1], int(data[f"{case}/num_heads"]), int(data[f"{case}/kernel_size"]), int(data[f"{case}/dilation"])
     )
-    prefix = f"{case}/param/"
-    layer.load_state_dict(
-        {key.removeprefix(prefix): torch.from_numpy(data[key]) for key in data.files if key.startswith(prefix)},
-        strict=True,
-    )
+    layer.load_state_dict(data.state_dict(f"{case}/param/"), strict=True)
     with torch.inference_mode():
-        assert (layer(x) - torch.from_numpy(data[f"{case}/y"])).abs().max().item() <= 1e-5
+        assert (layer(x) - data.tensor(f"{case}/y")).abs().max().item() <= 1e-5
 
 
 @pytest.mark.parametrize("variant", ["rgb", "dual_pixel"])
-def test_official_size_model_has_official_keys_and_shapes(golden_dir, variant: str) -> None:
-    reference = json.loads((golden_dir / "official_state_dict_shapes.json").read_text())[variant]
+def test_official_size_model_has_official_keys_and_shapes(reference_dir, variant: str) -> None:
+    reference = json.loads((reference_dir / "official_state_dict_shapes.json").read_text())[variant]
     model = RestoreDiNAT(**reference["config"])
     state = model.state_dict()
     assert list(state) == list(reference["keys"])

@@ -1,4 +1,4 @@
-"""The attention operator against natten 0.14.6 outputs (../shared/golden/na2d_ops.npz)."""
+"""The attention operator against natten 0.14.6 outputs (tests/data/reference/na2d_ops.npz)."""
 
 from __future__ import annotations
 

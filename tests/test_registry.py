@@ -57,8 +57,8 @@ def _count_hashes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
 # --- the shipped registry --------------------------------------------------------
 
 
-def test_shipped_registry_matches_the_official_facts(golden_dir: Path) -> None:
-    facts = json.loads((golden_dir / "official_checkpoints.json").read_text())
+def test_shipped_registry_matches_the_official_facts(reference_dir: Path) -> None:
+    facts = json.loads((reference_dir / "official_checkpoints.json").read_text())
     # Entries with a url are the official downloads; the others ship with dinat.
     entries = {entry.sha256: entry for entry in registry.load_registry().values() if entry.url}
     assert len(entries) == len(facts["checkpoints"]) == 5
