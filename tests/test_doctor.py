@@ -142,12 +142,13 @@ def test_a_broken_section_is_recorded_not_raised(monkeypatch: pytest.MonkeyPatch
     assert json.loads(report.to_json())["cpu_kernels"]["reason"] == report.cpu_kernels.reason
 
 
-def test_python_m_dinat_cli_doctor_json() -> None:
+def test_python_m_dinat_cli_doctor_json(tmp_path) -> None:
+    # Outside the clone: `python -m` puts the working directory first on sys.path.
     result = subprocess.run(
         [sys.executable, "-m", "dinat_cli", "doctor", "--json", "--no-smoke-test"],
         capture_output=True,
         text=True,
-        cwd=PROJECT_ROOT,
+        cwd=tmp_path,
         env=os.environ.copy(),
         timeout=300,
     )

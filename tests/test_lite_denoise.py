@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from installed import DINAT
 
 from dinat_cli import checkpoints, metrics, registry
 from dinat_cli.engine import Restorer
@@ -108,9 +108,7 @@ def test_quick_start_command_scores_what_the_engine_gives(
     env = {key: value for key, value in os.environ.items() if key not in overrides}
     completed = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "dinat_cli",
+            *DINAT,
             "denoise",
             "--model",
             "lite-denoise",

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from installed import DINAT
 
 from dinat_cli.distributed import ClusterOptions, WorkerPool
 from dinat_cli.errors import UsageError
@@ -72,9 +73,13 @@ def ray_installed() -> None:
         pytest.fail("Ray is not installed: pip install '.[test]' (or '.[ray]')", pytrace=False)
 
 
-def run(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    command = [sys.executable, *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300)
+def run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Started in `cwd`, not the clone: Ray workers put the driver's working directory on
+    their sys.path, where the clone's source folder would shadow the installed package."""
+    command = [*map(str, args)]
+    return subprocess.run(
+        command, capture_output=True, text=True, cwd=cwd, env={**os.environ, **(env or {})}, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -114,13 +119,13 @@ def test_two_ray_workers_write_the_same_bytes_as_a_local_run(
     source = _folder(tmp_path / "in", ["a.png", "b.png", "sub/c.png", "d.png"], size=(32, 40))
     # torch's float32 sums depend on how many threads split them: one thread, as each worker has.
     local = run(
-        "-m", "dinat_cli", "deblur", "--weights", checkpoint, source, tmp_path / "local", "-q", *EAGER,
-        env={"OMP_NUM_THREADS": "1"},
+        *DINAT, "deblur", "--weights", checkpoint, source, tmp_path / "local", "-q", *EAGER,
+        cwd=tmp_path, env={"OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     assert local.returncode == 0, local.stderr
     ray = run(
-        "-m", "dinat_cli", "deblur", "--weights", checkpoint, source, tmp_path / "ray", "--workers", "2", "--json",
-        *EAGER,
+        *DINAT, "deblur", "--weights", checkpoint, source, tmp_path / "ray", "--workers", "2", "--json",
+        *EAGER, cwd=tmp_path,
     )  # fmt: skip
     assert ray.returncode == 0, ray.stderr
     assert _outputs(tmp_path / "ray") == _outputs(tmp_path / "local") and len(_outputs(tmp_path / "ray")) == 4
@@ -142,8 +147,9 @@ def test_workers_that_die_mid_run_lose_no_file_and_never_fake_one(
     script = tmp_path / "dying_dinat.py"
     script.write_text(DYING_DINAT)
     result = run(
-        script, "denoise", "--weights", checkpoint, source, out, "--workers", "2", "--report", tmp_path / "r.json",
-        *EAGER, env={"DINAT_TEST_MARKER": str(tmp_path / "died-once")},
+        sys.executable, script, "denoise", "--weights", checkpoint, source, out, "--workers", "2",
+        "--report", tmp_path / "r.json",
+        *EAGER, cwd=tmp_path, env={"DINAT_TEST_MARKER": str(tmp_path / "died-once")},
     )  # fmt: skip
     assert result.returncode == 1, result.stderr
     assert (tmp_path / "died-once").exists()
@@ -171,8 +177,8 @@ def test_without_ray_installed_a_ray_run_exits_2_naming_the_extra(tmp_path: Path
     source = _folder(tmp_path / "in", ["a.png"])
     python_path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
     result = run(
-        "-m", "dinat_cli", "deblur", "--weights", checkpoint, source, tmp_path / "out", "--ray",
-        env={"PYTHONPATH": python_path},
+        *DINAT, "deblur", "--weights", checkpoint, source, tmp_path / "out", "--ray",
+        cwd=tmp_path, env={"PYTHONPATH": python_path},
     )  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [

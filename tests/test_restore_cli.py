@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from installed import DINAT
 from PIL import Image
 
 from dinat_cli import batch
@@ -26,7 +26,7 @@ def run_cli(
     *args: str | Path, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "dinat_cli", *map(str, args)],
+        [*DINAT, *map(str, args)],
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {})},
@@ -259,7 +259,7 @@ def test_a_second_run_on_the_same_output_is_refused(tmp_path: Path, checkpoint: 
 def test_sigterm_stops_with_130_and_leaves_no_partial_file(tmp_path: Path, checkpoint: Path) -> None:
     source, out = _clean_folder(tmp_path / "in", count=40, size=(96, 128)), tmp_path / "out"
     process = subprocess.Popen(
-        [sys.executable, "-m", "dinat_cli", "deblur", "--weights", str(checkpoint), str(source), str(out)],
+        [*DINAT, "deblur", "--weights", str(checkpoint), str(source), str(out)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

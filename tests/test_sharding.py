@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import random
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from installed import DINAT
 
 from dinat_cli import batch
 from dinat_cli.batch import Shard
@@ -88,7 +88,7 @@ def test_a_shard_removes_only_the_temporary_files_of_its_own_outputs(tmp_path: P
 
 
 def _dinat(*args: str | Path) -> list[str]:
-    return [sys.executable, "-m", "dinat_cli", *map(str, args)]
+    return [*DINAT, *map(str, args)]
 
 
 def _checkpoint(path: Path) -> Path:
