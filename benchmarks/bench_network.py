@@ -58,13 +58,21 @@ def ours(model: RestoreDiNAT, image: torch.Tensor, config: str) -> Callable[[], 
     if name not in CONFIGS:
         raise SystemExit(f"--configs {config}: expected one of {', '.join(CONFIGS)}, optionally @VARIANT")
     backend, dtype = CONFIGS[name]
-    with native.use_variant(variant or "auto"):
-        if variant and native.kernel_status().reason:
-            raise SystemExit(f"--configs {config}: {native.kernel_status().reason}")
+
+    def kernels() -> contextlib.AbstractContextManager:
+        return native.use_variant(variant) if variant else contextlib.nullcontext()
+
+    try:
+        with kernels():
+            reason = native.kernel_status().reason if variant else None
+    except ValueError as error:
+        raise SystemExit(f"--configs {config}: {error}") from None
+    if reason:
+        raise SystemExit(f"--configs {config}: {reason}")
 
     def forward() -> torch.Tensor:
         precision = torch.autocast("cpu", dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
-        with ops.use_backend(backend), native.use_variant(variant or "auto"), precision:
+        with ops.use_backend(backend), kernels(), precision:
             return model(image)
 
     return forward

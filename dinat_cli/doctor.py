@@ -545,9 +545,8 @@ def advise(report: Report) -> list[str]:
             advice.append(f"the CPU kernels are off ({kernels.reason}), so {fallbacks}{hint}")
         elif not kernels.variants_built:
             advice.append(
-                f"the CPU kernels are unavailable ({kernels.reason}), so {fallbacks}: reinstall from source with "
-                "a C++ compiler on PATH: `pip install --force-reinstall --no-deps --no-cache-dir dinat-cli` "
-                "(`.` instead of dinat-cli in a checkout)"
+                f"the CPU kernels are unavailable ({kernels.reason}), so {fallbacks}: install a C++ compiler "
+                "(e.g. g++) and reinstall from the source checkout: `pip install --force-reinstall --no-deps .`"
             )
         else:
             hint = f"; unset {env} (or set it to auto) to use {best}" if best else ""

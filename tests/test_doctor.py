@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 from weights_server import PAYLOAD, closed_port_url, entry_for, write_registry
 
-from dinat_cli import doctor, registry
+from dinat_cli import doctor, ops, registry
 from dinat_cli.cli.app import app
 from dinat_cli.model import RestoreDiNAT
 from dinat_cli.ops import native
@@ -68,7 +68,8 @@ def test_json_reports_the_kernel_status_and_a_passing_smoke_test() -> None:
     ]
     cpu_attention = next(entry for entry in report["attention"] if entry["device"] == "cpu")
     assert cpu_attention["backends"]["torch"] is None
-    assert cpu_attention["auto"] == ("native" if status.reason is None else cpu_attention["auto"])
+    assert cpu_attention["auto"] == ops.resolve_backend("auto", "cpu")
+    assert (cpu_attention["auto"] == "native") == (status.reason is None)
     assert smoke["attention"] == cpu_attention["auto"]
     assert report["cpu"]["logical_cores"] == os.cpu_count()
     assert {cache["name"] for cache in report["caches"]} == {"weights", "inductor"}

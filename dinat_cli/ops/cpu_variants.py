@@ -45,7 +45,7 @@ X86_VARIANTS = (
 OTHER_VARIANTS = (CpuVariant("baseline", "kernels_portable.cpp", (), 0),)
 
 # Every variant compiles with these; OpenMP binds to the libgomp torch loads.
-COMMON_FLAGS = ("-O3", "-g0", "-std=c++17", "-fopenmp", "-Wno-psabi", "-Wno-maybe-uninitialized")
+COMMON_FLAGS = ("-O3", "-g0", "-std=c++17", "-fopenmp", "-fvisibility=hidden", "-Wno-psabi", "-Wno-maybe-uninitialized")
 LINK_FLAGS = ("-fopenmp",)
 
 

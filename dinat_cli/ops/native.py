@@ -42,6 +42,7 @@ _NATIVE_DTYPES = (torch.float32, torch.bfloat16)
 _I64 = ctypes.c_int64
 _PTR = ctypes.c_void_p
 _VARIANTS = {variant.name: variant for variant in variants_for()}
+CHOICES = ("auto", "off", *_VARIANTS)  # what DINAT_CPU_KERNELS and use_variant take
 _forced: str | None = None
 
 
@@ -93,14 +94,28 @@ def _open(name: str) -> ctypes.CDLL:
 
 
 @functools.cache
+def _cpu_probe() -> tuple[tuple[str, ...], str | None]:
+    """The built variants this CPU supports, slowest first, and why there are none if the probe failed."""
+    built = _built()
+    if not built:
+        return (), None
+    if "baseline" not in built:
+        return (), "the baseline variant, which detects the CPU's instruction sets, was not built"
+    try:
+        # Only the baseline library is safe to load on any CPU of the architecture: it asks cpuid.
+        features = _open("baseline").cpu_features()
+    except OSError as error:
+        return (), f"the compiled kernels could not be loaded: {_one_line(error)}"
+    return tuple(name for name in built if _VARIANTS[name].features & ~features == 0), None
+
+
+def _one_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 def runnable_variants() -> tuple[str, ...]:
     """The built variants this CPU supports, slowest first."""
-    built = _built()
-    if "baseline" not in built:
-        return ()
-    # Only the baseline library is safe to load on any CPU of the architecture: it asks cpuid.
-    features = _open("baseline").cpu_features()
-    return tuple(name for name in built if _VARIANTS[name].features & ~features == 0)
+    return _cpu_probe()[0]
 
 
 def _requested() -> str:
@@ -109,28 +124,30 @@ def _requested() -> str:
 
 @functools.cache
 def _status(requested: str) -> KernelStatus:
-    built, runnable = tuple(_built()), runnable_variants()
+    built = tuple(_built())
+    runnable, probe_error = _cpu_probe()
 
     def status(variant: str, reason: str | None) -> KernelStatus:
         return KernelStatus(variant, requested, built, runnable, reason)
 
+    if requested not in CHOICES:
+        return status("none", f"{ENV_VARIABLE}={requested}: expected {', '.join(CHOICES)}")
     if requested == "off":
         return status("none", f"{ENV_VARIABLE}=off")
     if not built:
         return status("none", "the package was installed without its compiled kernels (no C++ compiler at build time)")
-    if requested == "auto":
-        if not runnable:
-            return status("none", "no built variant runs on this CPU")
-        return status(runnable[-1], None)
-    if requested not in _VARIANTS:
-        return status("none", f"{ENV_VARIABLE}={requested}: expected auto, off or one of {', '.join(_VARIANTS)}")
-    if requested not in built:
+    if requested != "auto" and requested not in built:
         return status("none", f"the {requested} variant was not built (built: {', '.join(built)})")
-    if requested not in runnable:
-        return status(
-            "none", f"this CPU cannot run the {requested} variant (runnable: {', '.join(runnable) or 'none'})"
-        )
-    return status(requested, None)
+    if not runnable:
+        return status("none", probe_error or "no built variant runs on this CPU")
+    if requested != "auto" and requested not in runnable:
+        return status("none", f"this CPU cannot run the {requested} variant (runnable: {', '.join(runnable)})")
+    variant = runnable[-1] if requested == "auto" else requested
+    try:
+        _open(variant)
+    except OSError as error:
+        return status("none", f"the {variant} kernels could not be loaded: {_one_line(error)}")
+    return status(variant, None)
 
 
 def kernel_status() -> KernelStatus:
@@ -140,8 +157,11 @@ def kernel_status() -> KernelStatus:
 
 @contextlib.contextmanager
 def use_variant(name: str) -> Iterator[None]:
-    """Run the kernels of variant `name` (or `auto`, `off`) inside the `with` block."""
+    """Run the kernels of variant `name` (one of CHOICES) inside the `with` block; ValueError for other names."""
     global _forced
+    name = name.strip().lower()
+    if name not in CHOICES:
+        raise ValueError(f"unknown kernel variant {name!r}: expected {', '.join(CHOICES)}")
     previous, _forced = _forced, name
     try:
         yield

@@ -3,6 +3,7 @@
 // Included once by each variant's compile unit, after it names its policy `Isa`.
 #pragma once
 
+#include "attention.h"
 #include "box_means.h"
 #include "gate.h"
 #include "layer_norm.h"
@@ -14,6 +15,9 @@
 
 using namespace dinat;
 
+// Only these are exported: the libraries are built with hidden visibility, so the
+// variants' internal functions (the same names, different code) never bind to each other.
+#pragma GCC visibility push(default)
 extern "C" {
 
 // Instruction sets this CPU and its OS can run, as bits: 1 AVX2 with FMA, 2 AVX-512 (F,
@@ -119,3 +123,4 @@ int na2d_forward(int bfloat16, const void *q, const void *k, const void *v, void
 }
 
 }
+#pragma GCC visibility pop

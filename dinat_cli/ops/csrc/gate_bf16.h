@@ -23,7 +23,7 @@ struct PackedGate {
     }
 };
 
-PackedGate pack_gate(const GatedConv &g) {
+inline PackedGate pack_gate(const GatedConv &g) {
     const int64_t groups = g.hidden / 32;
     PackedGate packed{std::vector<uint16_t>(2 * groups * 12 * 32), std::vector<float>(2 * groups * 32), groups};
     for (int half = 0; half < 2; half++)
@@ -64,7 +64,7 @@ inline PairColumn pair_column(const uint16_t *const rows[3], int64_t offset) {
 // The depth-wise sums of one half (gates or values) of a group of 32 channels, for output
 // columns [begin, end) of one row: two vectors per column (low and high lanes). One half
 // at a time, its twelve weight vectors and three columns of pairs stay in registers.
-void gated_half_bf16(const GatedConv &g, const PackedGate &packed, const uint16_t *const rows[3], int half,
+inline void gated_half_bf16(const GatedConv &g, const PackedGate &packed, const uint16_t *const rows[3], int half,
                      int64_t group, int64_t begin, int64_t end, __m512 *sums) {
     const int64_t step = g.x_step, offset = half * g.hidden + group * 32;
     const uint16_t *none[3] = {nullptr, nullptr, nullptr};
@@ -95,7 +95,7 @@ void gated_half_bf16(const GatedConv &g, const PackedGate &packed, const uint16_
 }
 
 // Output columns [begin, end) (at most a tile) of one row, for one group of 32 channels.
-void gated_group_bf16(const GatedConv &g, const PackedGate &packed, const uint16_t *const rows[3], uint16_t *out_row,
+inline void gated_group_bf16(const GatedConv &g, const PackedGate &packed, const uint16_t *const rows[3], uint16_t *out_row,
                       int64_t group, int64_t begin, int64_t end) {
     __m512 gates[2 * kGatedTile], values[2 * kGatedTile];
     gated_half_bf16(g, packed, rows, 0, group, begin, end, gates);
@@ -108,7 +108,7 @@ void gated_group_bf16(const GatedConv &g, const PackedGate &packed, const uint16
     }
 }
 
-void gated_rows_bf16(const GatedConv &g, const PackedGate &packed, int64_t begin, int64_t end) {
+inline void gated_rows_bf16(const GatedConv &g, const PackedGate &packed, int64_t begin, int64_t end) {
     uint16_t *out = static_cast<uint16_t *>(g.out);
     for (int64_t tile = 0; tile < g.width; tile += kGatedTile) {
         const int64_t tile_end = tile + kGatedTile < g.width ? tile + kGatedTile : g.width;

@@ -4,7 +4,6 @@
 
 #include "attention_bf16.h"
 #include "gate_bf16.h"
-#include "isa_portable.h"
 
 #include <type_traits>
 #include <vector>

@@ -155,8 +155,6 @@ inline f32x16 all_sum(f32x16 v) {
 
 typedef double f64x16 __attribute__((vector_size(128)));
 
-typedef double f64x16 __attribute__((vector_size(128)));
-
 // The double-precision counterpart of a float type: torch's CPU cumsum accumulates in double.
 template <typename V>
 struct Wide;
