@@ -44,8 +44,18 @@ X86_VARIANTS = (
 # Elsewhere the portable kernels, vectorised for the compiler's default target.
 OTHER_VARIANTS = (CpuVariant("baseline", "kernels_portable.cpp", (), 0),)
 
-# Every variant compiles with these; OpenMP binds to the libgomp torch loads.
-COMMON_FLAGS = ("-O3", "-g0", "-std=c++17", "-fopenmp", "-fvisibility=hidden", "-Wno-psabi", "-Wno-maybe-uninitialized")
+# Every variant compiles with these; OpenMP binds to the libgomp torch loads. GCC 12's
+# AVX-512 headers (their _mm512_undefined_*) trip its uninitialized-value warnings.
+COMMON_FLAGS = (
+    "-O3",
+    "-g0",
+    "-std=c++17",
+    "-fopenmp",
+    "-fvisibility=hidden",
+    "-Wno-psabi",
+    "-Wno-uninitialized",
+    "-Wno-maybe-uninitialized",
+)
 LINK_FLAGS = ("-fopenmp",)
 
 
