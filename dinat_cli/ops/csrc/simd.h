@@ -8,6 +8,10 @@
 #include <cmath>
 #include <cstdint>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 namespace dinat {
 
 typedef float f32x16 __attribute__((vector_size(64)));
@@ -19,6 +23,8 @@ typedef uint16_t u16x16u __attribute__((vector_size(32), aligned(2)));
 typedef uint32_t u32x16u __attribute__((vector_size(64), aligned(2)));
 
 inline f32x16 splat(float x) { return f32x16{} + x; }
+
+#if defined(__AVX512F__) || !(defined(__x86_64__) || defined(__i386__))
 inline f32x16 vmax(f32x16 a, f32x16 b) {
     i32x16 greater = a > b;
     return (f32x16)(((i32x16)a & greater) | ((i32x16)b & ~greater));
@@ -27,6 +33,52 @@ inline f32x16 vmin(f32x16 a, f32x16 b) {
     i32x16 less = a < b;
     return (f32x16)(((i32x16)a & less) | ((i32x16)b & ~less));
 }
+// Lanes whose value, as a signed integer, is above `limit`: all ones, else zeros.
+inline i32x16 greater_than(i32x16 x, int32_t limit) { return x > limit; }
+#else
+// GCC compares vectors wider than the registers (AVX2: 8 floats, SSE2: 4) lane by lane,
+// with scalar code: these are computed one register-wide piece at a time. MAXPS and
+// MINPS return their second operand where either is NaN, as `a > b ? a : b` does.
+#if defined(__AVX2__)
+typedef __m256 PiecePs;
+typedef __m256i PieceInt;
+inline PiecePs piece_max(PiecePs a, PiecePs b) { return _mm256_max_ps(a, b); }
+inline PiecePs piece_min(PiecePs a, PiecePs b) { return _mm256_min_ps(a, b); }
+inline PieceInt piece_greater(PieceInt a, PieceInt b) { return _mm256_cmpgt_epi32(a, b); }
+inline PieceInt piece_splat(int32_t x) { return _mm256_set1_epi32(x); }
+#else
+typedef __m128 PiecePs;
+typedef __m128i PieceInt;
+inline PiecePs piece_max(PiecePs a, PiecePs b) { return _mm_max_ps(a, b); }
+inline PiecePs piece_min(PiecePs a, PiecePs b) { return _mm_min_ps(a, b); }
+inline PieceInt piece_greater(PieceInt a, PieceInt b) { return _mm_cmpgt_epi32(a, b); }
+inline PieceInt piece_splat(int32_t x) { return _mm_set1_epi32(x); }
+#endif
+constexpr int kPieces = sizeof(f32x16) / sizeof(PiecePs);
+union PiecesPs {
+    f32x16 vector;
+    PiecePs piece[kPieces];
+};
+union PiecesInt {
+    i32x16 vector;
+    PieceInt piece[kPieces];
+};
+inline f32x16 vmax(f32x16 a, f32x16 b) {
+    PiecesPs x{a}, y{b}, out;
+    for (int i = 0; i < kPieces; i++) out.piece[i] = piece_max(x.piece[i], y.piece[i]);
+    return out.vector;
+}
+inline f32x16 vmin(f32x16 a, f32x16 b) {
+    PiecesPs x{a}, y{b}, out;
+    for (int i = 0; i < kPieces; i++) out.piece[i] = piece_min(x.piece[i], y.piece[i]);
+    return out.vector;
+}
+inline i32x16 greater_than(i32x16 x, int32_t limit) {
+    PiecesInt in{x}, out;
+    for (int i = 0; i < kPieces; i++) out.piece[i] = piece_greater(in.piece[i], piece_splat(limit));
+    return out.vector;
+}
+#endif
 inline float vmax(float a, float b) { return a > b ? a : b; }
 inline float vmin(float a, float b) { return a < b ? a : b; }
 inline float load1(const float *p) { return *p; }
@@ -56,7 +108,7 @@ inline void store(float *p, f32x16 x) { *(f32x16u *)p = x; }
 inline u32x16 bfloat16_bits(f32x16 x) {
     u32x16 u = (u32x16)x;
     u32x16 rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    u32x16 is_nan = (u32x16)((u & 0x7fffffffu) > 0x7f800000u);
+    u32x16 is_nan = (u32x16)greater_than((i32x16)(u & 0x7fffffffu), 0x7f800000);
     return (((u >> 16) | 0x40u) & is_nan) | (rounded & ~is_nan);
 }
 inline void store(uint16_t *p, f32x16 x) { *(u16x16u *)p = __builtin_convertvector(bfloat16_bits(x), u16x16); }
