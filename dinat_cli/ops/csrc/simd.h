@@ -22,9 +22,9 @@ typedef uint16_t u16x16 __attribute__((vector_size(32)));
 typedef uint16_t u16x16u __attribute__((vector_size(32), aligned(2)));
 typedef uint32_t u32x16u __attribute__((vector_size(64), aligned(2)));
 
-inline f32x16 splat(float x) { return f32x16{} + x; }
 
 #if defined(__AVX512F__) || !(defined(__x86_64__) || defined(__i386__))
+inline f32x16 splat(float x) { return f32x16{} + x; }
 inline f32x16 vmax(f32x16 a, f32x16 b) {
     i32x16 greater = a > b;
     return (f32x16)(((i32x16)a & greater) | ((i32x16)b & ~greater));
@@ -46,6 +46,7 @@ inline PiecePs piece_max(PiecePs a, PiecePs b) { return _mm256_max_ps(a, b); }
 inline PiecePs piece_min(PiecePs a, PiecePs b) { return _mm256_min_ps(a, b); }
 inline PieceInt piece_greater(PieceInt a, PieceInt b) { return _mm256_cmpgt_epi32(a, b); }
 inline PieceInt piece_splat(int32_t x) { return _mm256_set1_epi32(x); }
+inline PiecePs piece_splat(float x) { return _mm256_set1_ps(x); }
 #else
 typedef __m128 PiecePs;
 typedef __m128i PieceInt;
@@ -53,6 +54,7 @@ inline PiecePs piece_max(PiecePs a, PiecePs b) { return _mm_max_ps(a, b); }
 inline PiecePs piece_min(PiecePs a, PiecePs b) { return _mm_min_ps(a, b); }
 inline PieceInt piece_greater(PieceInt a, PieceInt b) { return _mm_cmpgt_epi32(a, b); }
 inline PieceInt piece_splat(int32_t x) { return _mm_set1_epi32(x); }
+inline PiecePs piece_splat(float x) { return _mm_set1_ps(x); }
 #endif
 constexpr int kPieces = sizeof(f32x16) / sizeof(PiecePs);
 union PiecesPs {
@@ -63,6 +65,12 @@ union PiecesInt {
     i32x16 vector;
     PieceInt piece[kPieces];
 };
+// `f32x16{} + x` went through 16 scalar stores to the stack and a reload.
+inline f32x16 splat(float x) {
+    PiecesPs out;
+    for (int i = 0; i < kPieces; i++) out.piece[i] = piece_splat(x);
+    return out.vector;
+}
 inline f32x16 vmax(f32x16 a, f32x16 b) {
     PiecesPs x{a}, y{b}, out;
     for (int i = 0; i < kPieces; i++) out.piece[i] = piece_max(x.piece[i], y.piece[i]);
