@@ -11,7 +11,7 @@ from __future__ import annotations
 import platform
 from dataclasses import dataclass
 
-# Bits of the kernels' `cpu_features()`.
+# Bits of the kernels' `cpu_features()` (csrc/cpu_features.h).
 AVX2_FMA = 1
 AVX512 = 2
 AVX512_BF16 = 4

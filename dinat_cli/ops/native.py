@@ -157,7 +157,11 @@ def kernel_status() -> KernelStatus:
 
 @contextlib.contextmanager
 def use_variant(name: str) -> Iterator[None]:
-    """Run the kernels of variant `name` (one of CHOICES) inside the `with` block; ValueError for other names."""
+    """Run the kernels of variant `name` (one of CHOICES) inside the `with` block; ValueError for other names.
+
+    The choice is the process's, not the thread's (kernels called from other threads
+    meanwhile use it too); child processes follow DINAT_CPU_KERNELS instead.
+    """
     global _forced
     name = name.strip().lower()
     if name not in CHOICES:

@@ -5,6 +5,7 @@
 
 #include "attention.h"
 #include "box_means.h"
+#include "cpu_features.h"
 #include "gate.h"
 #include "layer_norm.h"
 #include "parallel.h"
@@ -20,22 +21,9 @@ using namespace dinat;
 #pragma GCC visibility push(default)
 extern "C" {
 
-// Instruction sets this CPU and its OS can run, as bits: 1 AVX2 with FMA, 2 AVX-512 (F,
-// BW, DQ, VL), 4 AVX512-BF16. Every variant answers alike; the loader asks the baseline.
-int cpu_features() {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_cpu_init();
-    int bits = 0;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) bits |= 1;
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("avx512vl"))
-        bits |= 2;
-    if ((bits & 2) && __builtin_cpu_supports("avx512bf16")) bits |= 4;
-    return bits;
-#else
-    return 0;
-#endif
-}
+// Instruction sets this CPU and its OS can run, as bits (cpu_features.h). Every variant
+// answers alike; the loader asks the baseline.
+int cpu_features() { return detect_cpu_features(); }
 
 // Mean of every channel of every image of a channels-last map. Each thread sums a share
 // of every image's rows; the shares are added in thread order.
