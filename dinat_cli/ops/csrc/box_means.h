@@ -27,7 +27,11 @@ void channel_sums(const T *image, const int64_t *x_strides, int64_t begin, int64
             for (int64_t c = 0; c < c_vec; c += 16) vector_sums[c / 16] += Wide<f32x16>::widen(load(pixel + c));
             for (int64_t c = c_vec; c < channels; c++) sums[c] += load1(pixel + c);
         }
-    for (int64_t c = 0; c < c_vec; c++) sums[c] += vector_sums[c / 16][c % 16];
+    alignas(64) double lanes[16];
+    for (int64_t c = 0; c < c_vec; c += 16) {
+        store(lanes, vector_sums[c / 16]);
+        for (int64_t lane = 0; lane < 16; lane++) sums[c + lane] += lanes[lane];
+    }
 }
 
 // Box means for channels [c, c + lanes of V) of one image. The integral image is built
