@@ -1,7 +1,7 @@
-// The SIMD layer of every kernel: vectors of 16 float lanes (GCC/Clang vector extensions),
-// lowered to whatever the compile unit's flags allow (SSE2, AVX2, AVX-512); float32 and
-// bfloat16 loads and stores, bfloat16 rounding, lane reductions and the float math
-// (exp, erf, GELU) the kernels need.
+// The SIMD layer of every kernel: vectors of 16 float lanes, held as the compile unit's
+// instruction set suits (simd_vectors.h, simd_halves.h); float32 and bfloat16 loads and
+// stores, bfloat16 rounding, lane reductions and the float math (exp, erf, GELU) the
+// kernels need.
 #pragma once
 
 #include <algorithm>
