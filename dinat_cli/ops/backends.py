@@ -158,11 +158,10 @@ def _prepare_compiler() -> None:
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
 
 
-_COMPILE_ERRORS: tuple[type[BaseException], ...] = (
-    torch._dynamo.exc.BackendCompilerFailed,
-    torch._inductor.exc.InductorError,
-    OSError,
-)
+def _compile_errors() -> tuple[type[BaseException], ...]:
+    # Named only once an error is raised: importing torch._dynamo costs a second or two,
+    # which every process that never compiles (the native kernels, --help) would pay.
+    return (torch._dynamo.exc.BackendCompilerFailed, torch._inductor.exc.InductorError, OSError)
 
 
 class Compiled:
@@ -189,7 +188,7 @@ class Compiled:
             self._compiled = torch.compile(self.fn, **self.options)
         try:
             return self._compiled(*args, **kwargs)
-        except _COMPILE_ERRORS as error:
+        except _compile_errors() as error:
             first_line = next(iter(str(error).splitlines()), "")
             self.failed = f"compiling {self.fn.__name__} failed: {type(error).__name__}: {first_line}"
             warnings.warn(f"dinat: {self.failed}; using the exact eager attention instead", stacklevel=2)
