@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 import types
 import warnings
 from pathlib import Path
@@ -346,3 +348,16 @@ def test_bench_command_reports_json() -> None:
 def test_bench_rejects_a_bad_size() -> None:
     result = CliRunner().invoke(app, ["bench", "--size", "big", "--dim", "8"])
     assert result.exit_code != 0
+
+
+def test_dynamo_is_imported_only_when_something_compiles(tmp_path) -> None:
+    # Importing torch._dynamo takes a second or two: the CLI and the native kernels must not pay it.
+    code = (
+        "import sys, torch, dinat_cli.cli\n"
+        "from dinat_cli import ops\n"
+        "q = torch.randn(1, 1, 16, 16, 16)\n"
+        "ops.na2d(q, q, q, 7, 2, backend='torch')\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True)
+    assert result.stdout.strip() == "False"
