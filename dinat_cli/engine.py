@@ -16,13 +16,14 @@ import numpy as np
 import torch
 
 from dinat_cli import checkpoints, ops
+from dinat_cli.choices import DEFAULT_TILE_OVERLAP
 from dinat_cli.errors import DinatError, UsageError
 from dinat_cli.model import SIZE_MULTIPLE
 from dinat_cli.tiling import run_tiled
 
 # Smaller tiles change the network's behaviour: the level-1 attention span is 252 px.
 MIN_TILE = 256
-DEFAULT_OVERLAP = 64
+DEFAULT_OVERLAP = DEFAULT_TILE_OVERLAP
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Peak working memory of the official-size network (dim 48) per input pixel in float32:
 # measured 11.7 KB at 256x256 and 11.0 KB at 512x512 (peak RSS above the loaded model).

@@ -1,4 +1,8 @@
-"""`dinat bench`: time the network on synthetic images, through the same engine as `restore`."""
+"""`dinat bench`: time the network on synthetic images, through the same engine as `restore`.
+
+torch and the engine are imported where they are used: parsing the command line and
+`--help` do not need them.
+"""
 
 from __future__ import annotations
 
@@ -10,18 +14,20 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import torch
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from dinat_cli import heap, ops
+from dinat_cli.choices import ATTENTION_BACKENDS
 from dinat_cli.cli.app import app
-from dinat_cli.engine import Restorer
 from dinat_cli.errors import UsageError
-from dinat_cli.model import RestoreDiNAT
+
+if TYPE_CHECKING:
+    import torch
+
+    from dinat_cli.engine import Restorer
 
 # The official configuration of every released checkpoint.
 OFFICIAL_CONFIG = dict(dim=48, chan_adapt=True, mode="hybrid")
@@ -59,6 +65,8 @@ def parse_size(spec: str) -> tuple[int, int]:
 @contextlib.contextmanager
 def peak_memory(device: torch.device) -> Iterator[list[float]]:
     """Yield a one-element list that holds, after the block, the peak extra bytes it used."""
+    import torch
+
     result = [0.0]
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -97,6 +105,10 @@ def _rss() -> int:
 
 def run_bench(restorer: Restorer, size: tuple[int, int], repeat: int, attention: str, seed: int = 0) -> BenchResult:
     """Warm up once, then time `repeat` restores of one synthetic `size` image."""
+    import torch
+
+    from dinat_cli import heap, ops
+
     height, width = size
     generator = torch.Generator().manual_seed(seed)
     image = torch.rand(1, restorer.in_channels, height, width, generator=generator)
@@ -134,7 +146,7 @@ def bench(
     ] = None,
     precision: str = typer.Option("fp32", help="fp32, bf16, fp16 or auto."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
-    attention: str = typer.Option("auto", help=f"Attention backend: {', '.join(ops.BACKENDS)}."),
+    attention: str = typer.Option("auto", help=f"Attention backend: {', '.join(ATTENTION_BACKENDS)}."),
     tile: str = typer.Option("0", help="0: whole image; N: N-pixel tiles; auto: sized from free memory."),
     repeat: int = typer.Option(3, min=1, help="Timed runs per size after one warm-up (median reported)."),
     threads: int = typer.Option(0, min=0, help="CPU threads (0: torch's default)."),
@@ -143,6 +155,12 @@ def bench(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line instead of a table."),
 ) -> None:
     """Time the network on random images: ms per image, megapixels per second, peak memory."""
+    import torch
+
+    from dinat_cli import ops
+    from dinat_cli.engine import Restorer
+    from dinat_cli.model import RestoreDiNAT
+
     sizes = [parse_size(spec) for spec in size or DEFAULT_SIZES]
     if threads:
         torch.set_num_threads(threads)

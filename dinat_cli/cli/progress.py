@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import sys
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from dinat_cli.batch import BatchResult, FileResult
+if TYPE_CHECKING:  # the batch module imports torch: not for the display
+    from dinat_cli.batch import BatchResult, FileResult
 
 
 def _scores_text(scores: dict[str, float]) -> str:

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import typer
 
-from dinat_cli import batch, distributed, metrics, ops, registry, reports
+from dinat_cli import metrics, registry, reports
+from dinat_cli.choices import ATTENTION_BACKENDS, DEFAULT_TILE_OVERLAP
 from dinat_cli.cli.app import app
-from dinat_cli.cli.progress import RunDisplay
-from dinat_cli.engine import DEFAULT_OVERLAP, Restorer
 from dinat_cli.errors import UsageError
 from dinat_cli.io import EXT_CHOICES
 
@@ -70,8 +69,12 @@ def _parameters(with_dual_pixel: bool) -> list[inspect.Parameter]:
             _option("auto", "--precision", help="auto (fp32 on CPU, bf16/fp16 on CUDA), fp32, fp16, bf16."),
         ),
         ("tile", str, _option("auto", "--tile", help="auto (from free memory), 0 (whole image) or tile size >= 256.")),
-        ("tile_overlap", int, _option(DEFAULT_OVERLAP, "--tile-overlap", help="Pixels shared by neighbouring tiles.")),
-        ("attention", str, _option("auto", "--attention", help=f"Attention backend: {'|'.join(ops.BACKENDS)}.")),
+        (
+            "tile_overlap",
+            int,
+            _option(DEFAULT_TILE_OVERLAP, "--tile-overlap", help="Pixels shared by neighbouring tiles."),
+        ),
+        ("attention", str, _option("auto", "--attention", help=f"Attention backend: {'|'.join(ATTENTION_BACKENDS)}.")),
         ("overwrite", bool, _option(False, "--overwrite", help="Redo outputs that exist (default: skip them).")),
         ("ext", str, _option("keep", "--ext", help=f"Output format: {'|'.join(EXT_CHOICES)}.")),
         ("suffix", str, _option("", "--suffix", help="Added to each output file's stem, e.g. _restored.")),
@@ -143,6 +146,11 @@ def restore(
     dual_pixel: bool = False,
 ) -> int:
     """Run one restore command; returns the exit code. Setup errors raise before any output exists."""
+    # Here, not at the top: they import torch, which parsing the command line and --help do not need.
+    from dinat_cli import batch, distributed
+    from dinat_cli.cli.progress import RunDisplay
+    from dinat_cli.engine import Restorer
+
     path, entry = registry.select(task.name, model=model, weights=weights, dual_pixel=dual_pixel)
     share = batch.Shard.parse(shard) if shard is not None else None
     cluster = distributed.ClusterOptions.requested(

@@ -1,0 +1,9 @@
+"""Choices and defaults the command line offers, kept free of torch: parsing the command
+line, `--help` and usage errors import nothing heavier than this."""
+
+from __future__ import annotations
+
+# Attention backends (see dinat_cli.ops.backends): `auto` picks the fastest exact one.
+ATTENTION_BACKENDS = ("auto", "torch", "native", "compiled", "flex", "natten")
+# Pixels shared by neighbouring tiles.
+DEFAULT_TILE_OVERLAP = 64
