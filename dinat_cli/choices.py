@@ -7,3 +7,6 @@ from __future__ import annotations
 ATTENTION_BACKENDS = ("auto", "torch", "native", "compiled", "flex", "natten")
 # Pixels shared by neighbouring tiles.
 DEFAULT_TILE_OVERLAP = 64
+# The environment variable that picks the CPU kernels' variant: auto, off or a variant's
+# name (see dinat_cli.ops.native).
+CPU_KERNELS_ENV = "DINAT_CPU_KERNELS"

@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from dinat_cli.choices import CPU_KERNELS_ENV
+
 # Instruction sets reported, by their /proc/cpuinfo flag names.
 X86_FLAGS = (
     "sse4_2",
@@ -43,7 +45,6 @@ X86_FLAGS = (
 SMOKE_SIZE = 32
 _DISTRIBUTION = "dinat-cli"
 _COMMAND_TIMEOUT_S = 10
-_KERNELS_ENV = "DINAT_CPU_KERNELS"  # native.ENV_VARIABLE, named here so that advice needs no torch
 
 
 @dataclass
@@ -526,7 +527,7 @@ def _smoke_test() -> SmokeTestInfo:
 def advise(report: Report) -> list[str]:
     """One-line suggestions from a report, most important first."""
     advice: list[str] = []
-    env = _KERNELS_ENV
+    env = CPU_KERNELS_ENV
     if report.torch.error:
         advice.append(f"torch does not work ({report.torch.error}): install the torch build for this machine")
     smoke = report.smoke_test

@@ -34,10 +34,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from dinat_cli.choices import CPU_KERNELS_ENV
 from dinat_cli.ops.cpu_variants import CpuVariant, variants_for
 from dinat_cli.ops.windows import axis_windows, group_order
 
-ENV_VARIABLE = "DINAT_CPU_KERNELS"
+ENV_VARIABLE = CPU_KERNELS_ENV
 _NATIVE_DTYPES = (torch.float32, torch.bfloat16)
 _I64 = ctypes.c_int64
 _PTR = ctypes.c_void_p
