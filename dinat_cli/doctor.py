@@ -153,18 +153,8 @@ class CacheInfo:
 
 
 @dataclass
-class WeightInfo:
-    name: str
-    task: str
-    default_for: list[str]
-    status: str  # present, missing, damaged
-    path: str | None
-    downloadable: bool  # has a URL; otherwise it ships with dinat
-
-
-@dataclass
 class WeightsInfo:
-    entries: list[WeightInfo] = field(default_factory=list)
+    entries: list[dict[str, Any]] = field(default_factory=list)  # registry.Location.to_dict()
     error: str | None = None
 
 
@@ -340,7 +330,7 @@ def _cpu_info() -> CpuInfo:
 def _memory_info() -> MemoryInfo:
     import torch
 
-    from dinat_cli.engine import _free_memory
+    from dinat_cli.engine import free_memory
 
     total = None
     with contextlib.suppress(OSError, ValueError), open("/proc/meminfo", encoding="utf-8") as stream:
@@ -355,7 +345,7 @@ def _memory_info() -> MemoryInfo:
         total = int(_sysctl("hw.memsize") or 0) or None
     free = None
     with contextlib.suppress(ValueError, OSError, AttributeError):
-        free = int(_free_memory(torch.device("cpu")))
+        free = int(free_memory(torch.device("cpu")))
     return MemoryInfo(total=total, free=free)
 
 
@@ -389,10 +379,10 @@ def _devices(cpu: CpuInfo, memory: MemoryInfo) -> list[DeviceInfo]:
             devices.append(_collect(lambda index=index: cuda_device(index), lambda e: DeviceInfo("cuda", error=e)))
 
     def mps_device() -> DeviceInfo:
-        from dinat_cli.engine import _free_memory
+        from dinat_cli.engine import free_memory
 
         total = int(torch.mps.recommended_max_memory())
-        return DeviceInfo("mps", "Apple Metal (MPS)", total, int(_free_memory(torch.device("mps"))))
+        return DeviceInfo("mps", "Apple Metal (MPS)", total, int(free_memory(torch.device("mps"))))
 
     mps = getattr(torch.backends, "mps", None)
     if mps is not None and mps.is_available():
@@ -473,20 +463,7 @@ def _caches() -> list[CacheInfo]:
 def _weights_info() -> WeightsInfo:
     from dinat_cli import registry
 
-    entries = []
-    for entry in registry.load_registry().values():
-        location = registry.locate(entry)
-        entries.append(
-            WeightInfo(
-                name=entry.name,
-                task=entry.task,
-                default_for=list(entry.default_for),
-                status=location.status,
-                path=str(location.path) if location.path else None,
-                downloadable=bool(entry.url),
-            )
-        )
-    return WeightsInfo(entries=entries)
+    return WeightsInfo([registry.locate(entry).to_dict() for entry in registry.load_registry().values()])
 
 
 def _smoke_test() -> SmokeTestInfo:
@@ -588,15 +565,15 @@ def advise(report: Report) -> list[str]:
         )
     else:
         for entry in weights.entries:
-            if entry.status == "damaged":
-                fix = f"`dinat weights download {entry.name}`" if entry.downloadable else "reinstall dinat"
-                advice.append(f"the {entry.name} checkpoint at {entry.path} is damaged: {fix} to replace it")
-        official = [entry for entry in weights.entries if entry.downloadable]
-        if official and not any(entry.status == "present" for entry in official):
-            example = next((entry for entry in official if entry.default_for), official[0])
+            if entry["status"] == "damaged":
+                fix = f"`dinat weights download {entry['name']}`" if entry["url"] else "reinstall dinat"
+                advice.append(f"the {entry['name']} checkpoint at {entry['path']} is damaged: {fix} to replace it")
+        official = [entry for entry in weights.entries if entry["url"]]
+        if official and not any(entry["status"] == "present" for entry in official):
+            example = next((entry for entry in official if entry["default_for"]), official[0])
             advice.append(
                 f"no official checkpoint present yet: `dinat weights download NAME` "
-                f"(e.g. {example.name} for {example.task}; `dinat weights list` shows all)"
+                f"(e.g. {example['name']} for {example['task']}; `dinat weights list` shows all)"
             )
 
     if report.compiler.path is None and not report.compiler.error:

@@ -176,7 +176,7 @@ class Restorer:
     def auto_tile(self, height: int, width: int) -> int:
         """0 (whole image) when it fits in the free-memory budget, else the largest square tile that does."""
         per_pixel = self._bytes_per_pixel * (0.5 if self.dtype != torch.float32 else 1.0) * self.batch_size
-        budget = _free_memory(self.device) * _MEMORY_SHARE.get(self.device.type, 0.5)
+        budget = free_memory(self.device) * _MEMORY_SHARE.get(self.device.type, 0.5)
         padded = (height + 7) // 8 * 8 * ((width + 7) // 8 * 8)
         if padded * per_pixel <= budget:
             return 0
@@ -215,7 +215,8 @@ def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
 
 
-def _free_memory(device: torch.device) -> float:
+def free_memory(device: torch.device) -> float:
+    """Bytes a new allocation on `device` can use now: free device memory, or available system memory."""
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return float(free)

@@ -70,6 +70,21 @@ class Location:
     status: Status
     path: Path | None
 
+    def to_dict(self) -> dict[str, object]:
+        """The entry and where it stands, as `dinat weights list --json` and `dinat doctor` print it."""
+        entry = self.entry
+        return {
+            "name": entry.name,
+            "task": entry.task,
+            "default_for": list(entry.default_for),
+            "description": entry.description,
+            "sha256": entry.sha256,
+            "size": entry.size,
+            "status": self.status,
+            "path": str(self.path) if self.path else None,
+            "url": entry.url,
+        }
+
 
 @dataclass(frozen=True)
 class Verdict:

@@ -112,12 +112,12 @@ def test_non_finite_half_precision_output_is_recomputed_in_float32() -> None:
 
 def test_auto_tile_follows_free_memory(monkeypatch) -> None:
     restorer = Restorer(RestoreDiNAT(dim=48), device="cpu")
-    monkeypatch.setattr(engine, "_free_memory", lambda device: 64e9)
+    monkeypatch.setattr(engine, "free_memory", lambda device: 64e9)
     assert restorer.auto_tile(1080, 1920) == 0
-    monkeypatch.setattr(engine, "_free_memory", lambda device: 4e9)
+    monkeypatch.setattr(engine, "free_memory", lambda device: 4e9)
     tile = restorer.auto_tile(4000, 6000)
     assert tile >= MIN_TILE and tile % 8 == 0 and tile * tile * 12_000 <= 0.5 * 4e9
-    monkeypatch.setattr(engine, "_free_memory", lambda device: 1e6)
+    monkeypatch.setattr(engine, "free_memory", lambda device: 1e6)
     assert restorer.auto_tile(4000, 6000) == MIN_TILE
 
 

@@ -147,7 +147,8 @@ def _print(report: Report) -> None:
     else:
         parts: list[str | tuple[str, str]] = []
         for index, entry in enumerate(weights.entries):
-            parts += [", " if index else "", f"{entry.name} ", (entry.status, _STATUS_STYLE.get(entry.status, ""))]
+            status = entry["status"]
+            parts += [", " if index else "", f"{entry['name']} ", (status, _STATUS_STYLE.get(status, ""))]
         line("weights", *parts)
 
     smoke = report.smoke_test

@@ -31,7 +31,7 @@ def list_weights(
     """Every registry entry: task, size, sha256, status (present, missing, damaged) and path."""
     locations = [registry.locate(entry) for entry in registry.load_registry().values()]
     if as_json:
-        typer.echo(json.dumps([_as_dict(location) for location in locations], indent=2))
+        typer.echo(json.dumps([location.to_dict() for location in locations], indent=2))
         return
     table = Table("name", "task", "default for", "size", "sha256", "status", "path")
     for location in locations:
@@ -46,21 +46,6 @@ def list_weights(
             str(location.path or ""),
         )
     Console().print(table)
-
-
-def _as_dict(location: registry.Location) -> dict[str, object]:
-    entry = location.entry
-    return {
-        "name": entry.name,
-        "task": entry.task,
-        "default_for": list(entry.default_for),
-        "description": entry.description,
-        "sha256": entry.sha256,
-        "size": entry.size,
-        "status": location.status,
-        "path": str(location.path) if location.path else None,
-        "url": entry.url,
-    }
 
 
 @weights_app.command()
