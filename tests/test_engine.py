@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dinat_cli import engine
+from dinat_cli import cpu, engine
 from dinat_cli.engine import MIN_TILE, Restorer, parse_tile, resolve_device, resolve_precision
 from dinat_cli.errors import DinatError, UsageError
 from dinat_cli.model import RestoreDiNAT
@@ -98,7 +98,19 @@ def test_other_runtime_errors_are_not_taken_for_memory() -> None:
         restorer.restore(np.zeros((8, 8, 3), dtype=np.float32))
 
 
-def test_non_finite_half_precision_output_is_recomputed_in_float32() -> None:
+@pytest.fixture
+def cpu_arithmetic(monkeypatch):
+    """Pretend this CPU computes bfloat16 and float16 in hardware, or not, or cannot tell."""
+
+    def pretend(native: bool | None) -> None:
+        monkeypatch.setattr(cpu, "native_arithmetic", lambda: {"bf16": native, "fp16": native})
+
+    return pretend
+
+
+def test_non_finite_half_precision_output_is_recomputed_in_float32(cpu_arithmetic) -> None:
+    cpu_arithmetic(True)
+
     def forward(x: torch.Tensor) -> torch.Tensor:
         half = torch.is_autocast_enabled("cpu")
         return torch.full_like(x, float("inf")) if half else x * 0.5
@@ -121,6 +133,27 @@ def test_auto_tile_follows_free_memory(monkeypatch) -> None:
     assert restorer.auto_tile(4000, 6000) == MIN_TILE
 
 
+@pytest.mark.parametrize("native", [True, None])
+def test_16_bit_precision_runs_as_asked_where_the_cpu_computes_it_or_cannot_tell(cpu_arithmetic, native) -> None:
+    cpu_arithmetic(native)
+    for spec, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        restorer = Restorer(torch.nn.Identity(), device="cpu", precision=spec)
+        assert restorer.dtype == dtype and restorer.precision_note is None
+
+
+def test_16_bit_precision_without_cpu_arithmetic_runs_float32_and_says_so(cpu_arithmetic) -> None:
+    cpu_arithmetic(False)
+    for spec, name in (("bf16", "bfloat16"), ("fp16", "float16")):
+        restorer = Restorer(torch.nn.Identity(), device="cpu", precision=spec)
+        assert restorer.dtype == torch.float32
+        assert restorer.precision_note == (
+            f"--precision {spec}: this CPU has no {name} arithmetic (it would run many times slower): running float32"
+        )
+        restorer.restore(np.ones((16, 16, 3), dtype=np.float32))
+        assert restorer.last.precision == "fp32"
+    assert Restorer(torch.nn.Identity(), device="cpu", precision="auto").precision_note is None
+
+
 @pytest.mark.parametrize("spec, expected", [("auto", None), ("0", 0), ("512", 512), ("517", 512), (None, None)])
 def test_tile_option(spec, expected) -> None:
     assert parse_tile(spec) == expected
@@ -132,7 +165,8 @@ def test_bad_tile_option_is_a_usage_error(spec: str) -> None:
         parse_tile(spec)
 
 
-def test_device_and_precision_defaults_on_cpu() -> None:
+def test_device_and_precision_defaults_on_cpu(cpu_arithmetic) -> None:
+    cpu_arithmetic(True)
     device = resolve_device("cpu")
     assert resolve_precision("auto", device) == torch.float32
     assert resolve_precision("bf16", device) == torch.bfloat16

@@ -167,6 +167,8 @@ def bench(
     model = RestoreDiNAT(**{**OFFICIAL_CONFIG, "dim": dim}, tlc=tlc)
     restorer = Restorer(model, device=device, precision=precision, tile=tile)
     ops.resolve_backend(attention, restorer.device)  # an unavailable backend fails before any work
+    if restorer.precision_note:
+        typer.echo(restorer.precision_note, err=True)
     results = [run_bench(restorer, shape, repeat, attention) for shape in sizes]
     if as_json:
         for result in results:

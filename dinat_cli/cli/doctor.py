@@ -13,7 +13,8 @@ from rich.text import Text
 from dinat_cli.cli.app import app
 
 # Cheap: the collectors import torch and the rest of dinat only when they run.
-from dinat_cli.doctor import X86_FLAGS, Report, diagnose
+from dinat_cli.cpu import X86_FLAGS
+from dinat_cli.doctor import Report, diagnose
 
 _GIB = 1 << 30
 _STATUS_STYLE = {"present": "green", "missing": "yellow", "damaged": "red"}

@@ -190,7 +190,7 @@ def restore(
                 "in_channels": restorer.in_channels,
             }
             run = functools.partial(batch.run_batch, restorer=restorer, ground_truth=ground_truth, scorer=scorer)
-            ready = None
+            ready = restorer.precision_note
         else:
             must_see = [jobs[0].sources[0]] if jobs else []
             pool = stack.enter_context(
