@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dinat_cli import checkpoints, cpu, ops
+from dinat_cli import checkpoints, cpu, ops, tile_choice
 from dinat_cli.choices import DEFAULT_TILE_OVERLAP
 from dinat_cli.errors import DinatError, UsageError
 from dinat_cli.model import SIZE_MULTIPLE
-from dinat_cli.tiling import run_tiled
+from dinat_cli.tiling import run_tiled, tile_grid
 
 # Smaller tiles change the network's behaviour: the level-1 attention span is 252 px.
 MIN_TILE = 256
@@ -143,6 +143,7 @@ class Restorer:
         self.in_channels = int(config.get("inp_channels", 3))
         self.out_channels = int(config.get("out_channels", 3))
         self._bytes_per_pixel = _BYTES_PER_PIXEL_DIM48 * int(config.get("dim", 48)) / 48
+        self._channels = int(config.get("dim", 48))
         self.last = RestoreStats()
 
     @classmethod
@@ -191,14 +192,30 @@ class Restorer:
             return result.cpu()
 
     def auto_tile(self, height: int, width: int) -> int:
-        """0 (whole image) when it fits in the free-memory budget, else the largest square tile that does."""
-        per_pixel = self._bytes_per_pixel * (0.5 if self.dtype != torch.float32 else 1.0) * self.batch_size
-        budget = free_memory(self.device) * _MEMORY_SHARE.get(self.device.type, 0.5)
-        padded = (height + 7) // 8 * 8 * ((width + 7) // 8 * 8)
-        if padded * per_pixel <= budget:
-            return 0
-        side = int(math.sqrt(budget / per_pixel))
-        return max(MIN_TILE, side - side % SIZE_MULTIPLE)
+        """The way `--tile auto` restores an image: 0 (whole) or a tile size, the fastest that fits in memory."""
+        costs = self.tile_costs(height, width)
+        return min(costs, key=lambda tile: (costs[tile], -tile if tile else -math.inf))
+
+    def tile_costs(self, height: int, width: int, *, within_memory: bool = True) -> dict[int, float]:
+        """Estimated time of each way to restore an image: whole (key 0) or in tiles of a candidate size.
+
+        Values are relative costs (`tile_choice`), comparable with each other only. With
+        `within_memory`, only the ways that fit in the free-memory budget, and where none
+        does, the largest square tile that does.
+        """
+        grids = tile_choice.plans(height, width, self.tile_overlap, SIZE_MULTIPLE)
+        if within_memory:
+            per_pixel = self._bytes_per_pixel * (0.5 if self.dtype != torch.float32 else 1.0) * self.batch_size
+            budget = free_memory(self.device) * _MEMORY_SHARE.get(self.device.type, 0.5)
+            if grids[0].height * grids[0].width * per_pixel > budget:
+                side = int(math.sqrt(budget / per_pixel))
+                largest = max(MIN_TILE, side - side % SIZE_MULTIPLE)
+                grids = {tile: grid for tile, grid in grids.items() if 0 < tile <= largest}
+                grids = grids or {largest: tile_grid(height, width, largest, self.tile_overlap, SIZE_MULTIPLE)}
+        element_size = 4 if self.dtype == torch.float32 else 2
+        return {
+            tile: tile_choice.cost(grid, self._channels, element_size, self.device.type) for tile, grid in grids.items()
+        }
 
     def _smaller_tile(self, tile: int, shape: torch.Size) -> int:
         with contextlib.suppress(Exception):

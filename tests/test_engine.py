@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from dinat_cli import cpu, engine
+from dinat_cli import cpu, engine, tile_choice
 from dinat_cli.engine import MIN_TILE, Restorer, parse_tile, resolve_device, resolve_precision
 from dinat_cli.errors import DinatError, UsageError
 from dinat_cli.model import RestoreDiNAT
-from dinat_cli.tiling import pad_to_multiple, run_tiled, tile_starts
+from dinat_cli.tiling import pad_to_multiple, run_tiled, tile_grid, tile_starts
 
 
 def _conv_net() -> torch.nn.Module:
@@ -186,3 +186,51 @@ def test_attention_backend_is_pinned_on_the_model_and_checked_early(monkeypatch)
     assert {layer.backend for layer in model.modules() if hasattr(layer, "backend")} == {"torch"}
     with pytest.raises(UsageError, match="--attention flex is not available"):
         Restorer(model, device="cpu", attention="flex")
+
+
+@pytest.mark.parametrize(
+    "height, width, tile, overlap",
+    [(300, 500, None, 64), (300, 500, 256, 64), (1000, 700, 256, 32), (1000, 700, 512, 64), (520, 260, 256, 300)],
+)
+def test_tile_grid_is_how_run_tiled_cuts(height, width, tile, overlap) -> None:
+    shapes = []
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        shapes.append(tuple(x.shape[-2:]))
+        return x
+
+    run_tiled(forward, torch.zeros(1, 3, height, width), tile, overlap)
+    grid = tile_grid(height, width, tile, overlap)
+    assert shapes == [(grid.height, grid.width)] * grid.count
+
+
+def test_auto_tile_takes_the_fastest_way_that_fits(monkeypatch) -> None:
+    monkeypatch.setattr(engine, "free_memory", lambda device: 1e15)
+    restorer = Restorer(RestoreDiNAT(dim=16), device="cpu")
+    costs = restorer.tile_costs(2000, 3000)
+    assert set(costs) == {0, *(tile for tile in tile_choice.CANDIDATE_TILES if tile < 3000)}
+    assert restorer.auto_tile(2000, 3000) == min(costs, key=costs.get) != 0  # measured: tiles beat whole
+    assert restorer.auto_tile(512, 512) == 0
+    # Where the cost per pixel does not grow with size, nothing beats the whole image.
+    monkeypatch.setattr(tile_choice, "cost_per_pixel", lambda pixels, channels: 1.0)
+    assert restorer.auto_tile(2000, 3000) == 0
+
+
+def test_auto_tile_on_gpus_takes_the_whole_image_where_it_fits() -> None:
+    grids = tile_choice.plans(2000, 3000, 64, 8)
+    costs = {tile: tile_choice.cost(grid, 16, 4, "cuda") for tile, grid in grids.items()}
+    assert min(costs, key=costs.get) == 0
+
+
+def test_cost_per_pixel_follows_the_measured_table_and_grows_beyond_it() -> None:
+    for width, table in tile_choice._CPU_COST_PER_PIXEL.items():
+        for pixels, relative in table:
+            assert tile_choice.cost_per_pixel(pixels, width) == pytest.approx(relative)
+        last_pixels, last = table[-1]
+        assert (
+            last
+            < tile_choice.cost_per_pixel(4 * last_pixels, width)
+            < tile_choice.cost_per_pixel(16 * last_pixels, width)
+        )
+        assert tile_choice.cost_per_pixel(1000, width) == table[0][1]
+    assert tile_choice.cost_per_pixel(262_144, 40) == tile_choice.cost_per_pixel(262_144, 48)  # nearest width
