@@ -239,6 +239,9 @@ def test_missing_registry_weights_exit_2_before_touching_the_output(tmp_path: Pa
         (["--precision", "fp64"], "--precision fp64"),
         (["--ext", "gif"], "--ext gif"),
         (["--report", "r.txt"], ".csv or .json"),
+        (["--tile", "256", "--tile-overlap", "300"], "at most half the tile, 128 px with --tile 256;"),
+        (["--tile-overlap", "200"], "128 px with --tile auto, which may choose 256 px tiles; use a smaller overlap"),
+        (["--tile", "512", "--tile-overlap", "300"], "use a smaller overlap or --tile 600 or more"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(tmp_path: Path, checkpoint: Path, args: list[str], message: str) -> None:

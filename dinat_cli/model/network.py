@@ -8,13 +8,11 @@ import torch
 from torch import nn
 
 from dinat_cli import heap, ops
+from dinat_cli.choices import SIZE_MULTIPLE
 from dinat_cli.model.attention import NeighborhoodAttention2D
 from dinat_cli.model.blocks import DualTransBlock
 from dinat_cli.model.layers import Downsample, PatchEmbed, Upsample
 from dinat_cli.model.pooling import tlc_kernel
-
-# The input must be divisible by this: three 2x pixel-unshuffles.
-SIZE_MULTIPLE = 8
 
 
 class RestoreDiNAT(nn.Module):

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from dinat_cli.choices import ATTENTION_BACKENDS
+from dinat_cli.choices import ATTENTION_BACKENDS, check_attention
 from dinat_cli.errors import UsageError
 
 BACKENDS = ATTENTION_BACKENDS
@@ -109,9 +109,7 @@ def available_backends(device: torch.device | str = "cpu") -> dict[str, str | No
 
 def validate_backend(name: str) -> str:
     """`name` itself if it is a backend name (available or not), else a UsageError."""
-    if name not in BACKENDS:
-        raise UsageError(f"--attention {name}: expected one of {', '.join(BACKENDS)}")
-    return name
+    return check_attention(name)
 
 
 # --- compilation ---------------------------------------------------------------------
