@@ -14,7 +14,7 @@ import typer
 
 from dinat_cli import metrics, registry, reports
 from dinat_cli.choices import ATTENTION_BACKENDS, DEFAULT_TILE_OVERLAP
-from dinat_cli.cli.app import app
+from dinat_cli.cli.app import Command, app
 from dinat_cli.errors import UsageError
 from dinat_cli.io import EXT_CHOICES
 
@@ -38,7 +38,11 @@ TASKS = (
         # Both papers score single-image and dual-pixel DPDD results the same way.
         protocol="dpdd",
     ),
-    Task("denoise", "Remove real camera noise (SIDD-trained).", "dinat denoise --tile 512 noisy/ clean/"),
+    Task(
+        "denoise",
+        "Remove noise: real camera noise (sidd, SIDD-trained) or synthetic Gaussian noise (lite-denoise).",
+        "dinat denoise --model lite-denoise noisy/ clean/",
+    ),
     Task("derain", "Remove rain streaks (Rain13K-trained).", "dinat derain --gt gt/ rainy/ out/", y_channel=True),
 )
 
@@ -106,6 +110,34 @@ def _parameters(with_dual_pixel: bool) -> list[inspect.Parameter]:
     return [inspect.Parameter(name, keyword, default=default, annotation=kind) for name, kind, default in spec]
 
 
+class _RestoreCommand(Command):
+    """A restore command whose help ends with its task's models and whether each is installed.
+
+    Written when the help is shown: finding the files is work that `dinat --help` and
+    the other commands should not pay for.
+    """
+
+    def format_help(self, ctx: typer.Context, formatter: object) -> None:
+        self.epilog = _models_note(str(self.name))
+        super().format_help(ctx, formatter)
+
+
+def _models_note(task: str) -> str:
+    paragraphs = [f"Models for {task} (pick one with --model NAME; `dinat weights list` shows all):"]
+    for entry in registry.load_registry().values():
+        if entry.task != task:
+            continue
+        location = registry.locate(entry)
+        defaults = [
+            "default with --dual-pixel" if key.endswith(registry.DUAL_PIXEL_SUFFIX) else "default"
+            for key in entry.default_for
+        ]
+        fix = f"`dinat weights download {entry.name}`" if entry.url else "reinstall dinat"
+        status = {"present": "installed", "missing": f"not installed: {fix}", "damaged": f"damaged: {fix}"}
+        paragraphs.append(f"{entry.name} ({', '.join([*defaults, status[location.status]])}): {entry.description}.")
+    return "\n\n".join(paragraphs)
+
+
 def _register(task: Task) -> None:
     def command(**options: object) -> None:
         code = restore(task, **options)
@@ -115,7 +147,7 @@ def _register(task: Task) -> None:
     command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     command.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
     command.__doc__ = f"{task.summary}\n\nExample: {task.example}"
-    app.command(task.name)(command)
+    app.command(task.name, cls=_RestoreCommand)(command)
 
 
 def restore(

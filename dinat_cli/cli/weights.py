@@ -12,10 +12,10 @@ from rich.console import Console
 from rich.table import Table
 
 from dinat_cli import registry
-from dinat_cli.cli.app import app
+from dinat_cli.cli.app import CommandGroup, app
 from dinat_cli.errors import CheckpointError, UsageError
 
-weights_app = typer.Typer(
+weights_app = CommandGroup(
     help="List, verify, download and import the checkpoints dinat knows.",
     no_args_is_help=True,
 )
