@@ -345,6 +345,18 @@ def test_bench_command_reports_json() -> None:
     assert all(row["attention"] == "torch" and row["ms"] > 0 and row["precision"] == "fp32" for row in rows)
 
 
+def test_bench_table_fits_80_columns_and_cuts_nothing() -> None:
+    # Cron mail and pipes get 80 columns.
+    arguments = ["bench", "--size", "72x64", "--dim", "8", "--repeat", "1", "--attention", "torch"]
+    result = CliRunner().invoke(app, arguments, env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert all(len(line) <= 80 for line in lines) and "…" not in result.output
+    assert "on cpu, torch attention" in " ".join(result.output.split())
+    [row] = [line.split("│")[1:-1] for line in lines if "72x64" in line]
+    assert [cell.strip() for cell in row[:3]] == ["72x64", "fp32", "whole"]
+
+
 def test_bench_rejects_a_bad_size() -> None:
     result = CliRunner().invoke(app, ["bench", "--size", "big", "--dim", "8"])
     assert result.exit_code != 0

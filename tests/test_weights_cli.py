@@ -141,6 +141,18 @@ def test_the_shipped_model_verifies_by_name(run) -> None:
     assert code == 0 and f"{registry.resolve('lite-denoise')}: lite-denoise" in out and "sha256 verified" in out
 
 
+def test_list_fits_80_columns_without_cutting_names_or_paths(run, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")  # cron mail, pipes
+    code, out, _ = run("list")
+    assert code == 0
+    lines = out.splitlines()
+    table = [line for line in lines if line[:1] in "┏┃┡│└"]
+    assert table and all(len(line) <= 80 for line in table)
+    names = {line.split("│")[1].strip() for line in table if line.startswith("│")}
+    assert names == set(registry.load_registry())
+    assert f"lite-denoise: {registry.resolve('lite-denoise')}" in lines
+
+
 def test_verify_all_rehashes_what_it_finds(run, tiny_registry: None, cache: Path) -> None:
     file = _put(cache, "tiny.pth", PAYLOAD)
     code, out, _ = run("verify", "--all")

@@ -33,19 +33,31 @@ def list_weights(
     if as_json:
         typer.echo(json.dumps([location.to_dict() for location in locations], indent=2))
         return
-    table = Table("name", "task", "default for", "size", "sha256", "status", "path")
+    # Narrow enough for 80 columns (cron mail, pipes); paths follow it whole, one a line,
+    # for a terminal to wrap: folded into a column they could not be copied.
+    table = Table()
+    for column in ("name", "task", "default", "size", "sha256", "status"):
+        table.add_column(column, overflow="fold")
     for location in locations:
         entry = location.entry
         table.add_row(
             entry.name,
             entry.task,
-            ", ".join(entry.default_for),
+            ", ".join(_default_label(task) for task in entry.default_for),
             f"{entry.size / 1e6:.1f} MB",
             entry.sha256[:12],
             f"[{_STATUS_STYLE[location.status]}]{location.status}[/]",
-            str(location.path or ""),
         )
-    Console().print(table)
+    console = Console(soft_wrap=True)
+    console.print(table)
+    for location in locations:
+        if location.path is not None:
+            console.print(f"{location.entry.name}: {location.path}", markup=False, highlight=False)
+
+
+def _default_label(default_for: str) -> str:
+    # The task column names the task: here only whether it is the one for dual-pixel input.
+    return "dual-pixel" if default_for.endswith(registry.DUAL_PIXEL_SUFFIX) else "yes"
 
 
 # One rule for every checkpoint argument: a registry entry's name, else a file's path
