@@ -373,10 +373,3 @@ def test_dynamo_is_imported_only_when_something_compiles(tmp_path) -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True)
     assert result.stdout.strip() == "False"
-
-
-def test_the_command_line_is_parsed_without_importing_torch(tmp_path) -> None:
-    # `dinat --help`, usage errors, `dinat eval` and `dinat weights` never need torch (3 s or more to import).
-    code = "import sys, dinat_cli.cli\nprint('torch' in sys.modules)\n"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True)
-    assert result.stdout.strip() == "False"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from dinat_cli import metrics, registry, reports
+from dinat_cli import choices, metrics, registry, reports
 from dinat_cli.choices import ATTENTION_BACKENDS, DEFAULT_TILE_OVERLAP
 from dinat_cli.cli.app import Command, app
 from dinat_cli.errors import UsageError
@@ -177,17 +177,25 @@ def restore(
     gpus_per_worker: float | None = None,
     dual_pixel: bool = False,
 ) -> int:
-    """Run one restore command; returns the exit code. Setup errors raise before any output exists."""
-    # Here, not at the top: they import torch, which parsing the command line and --help do not need.
+    """Run one restore command; returns the exit code.
+
+    Setup errors raise before any output exists, and every option that can be checked
+    without torch is checked before torch is imported (seconds on a slow machine).
+    """
+    # Here, not at the top: batch reads images, which parsing the command line and --help do not need.
     from dinat_cli import batch, distributed
     from dinat_cli.cli.progress import RunDisplay
-    from dinat_cli.engine import Restorer
 
-    path, entry = registry.select(task.name, model=model, weights=weights, dual_pixel=dual_pixel)
-    share = batch.Shard.parse(shard) if shard is not None else None
     cluster = distributed.ClusterOptions.requested(
         ray=ray, address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker, device=device
     )
+    if cluster is None:  # Ray runs take cuda:all as well, and check their device themselves
+        choices.check_device(device)
+    choices.check_precision(precision)
+    choices.check_tile_overlap(tile_overlap, choices.parse_tile(tile))
+    choices.check_attention(attention)
+    share = batch.Shard.parse(shard) if shard is not None else None
+    path, entry = registry.select(task.name, model=model, weights=weights, dual_pixel=dual_pixel)
     jobs = batch.plan_jobs(input, output, ext=ext, suffix=suffix, dual_pixel=dual_pixel)
     if share is not None:
         jobs = share.select(jobs)
@@ -215,6 +223,9 @@ def restore(
     folder = output if not (len(jobs) == 1 and jobs[0].output == Path(output)) else Path(output).parent
     with contextlib.ExitStack() as stack:
         if cluster is None:
+            # Every option is checked: now the engine, and torch with it.
+            from dinat_cli.engine import Restorer
+
             restorer = Restorer.from_weights(path, **engine_options)
             engine = {
                 "device": str(restorer.device),
