@@ -114,7 +114,10 @@ class _Worker:
         import torch
 
         from dinat_cli.engine import Restorer
+        from dinat_cli.process import configure_process
 
+        # The worker's process is ours: it gets the settings the dinat command makes for itself.
+        configure_process()
         torch.set_num_threads(threads)
         self._name = f"{socket.gethostname()}:{os.getpid()}"
         self._ground_truth, self._scorer = ground_truth, scorer

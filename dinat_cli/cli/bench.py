@@ -155,13 +155,16 @@ def bench(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line instead of a table."),
 ) -> None:
     """Time the network on random images: ms per image, megapixels per second, peak memory."""
+    sizes = [parse_size(spec) for spec in size or DEFAULT_SIZES]
     import torch
 
     from dinat_cli import ops
     from dinat_cli.engine import Restorer
     from dinat_cli.model import RestoreDiNAT
+    from dinat_cli.process import configure_process
 
-    sizes = [parse_size(spec) for spec in size or DEFAULT_SIZES]
+    # Timed as the restore commands run: with their process settings.
+    configure_process()
     if threads:
         torch.set_num_threads(threads)
     model = RestoreDiNAT(**{**OFFICIAL_CONFIG, "dim": dim}, tlc=tlc)

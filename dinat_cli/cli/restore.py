@@ -225,7 +225,9 @@ def restore(
         if cluster is None:
             # Every option is checked: now the engine, and torch with it.
             from dinat_cli.engine import Restorer
+            from dinat_cli.process import configure_process
 
+            configure_process()
             restorer = Restorer.from_weights(path, **engine_options)
             engine = {
                 "device": str(restorer.device),
