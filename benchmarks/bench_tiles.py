@@ -27,6 +27,7 @@ from dinat_cli import registry
 from dinat_cli.cli.bench import OFFICIAL_CONFIG, parse_size
 from dinat_cli.engine import Restorer
 from dinat_cli.model import RestoreDiNAT
+from dinat_cli.process import configure_process
 
 
 def build(name: str, precision: str) -> Restorer:
@@ -66,6 +67,7 @@ def main() -> None:
     parser.add_argument("--whole", action="store_true", help="time whole images even where auto expects no room")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    configure_process()  # as the dinat command does: the heap keeps freed memory
     restorer = build(args.model, args.precision)
     tiles = [int(tile) for tile in args.tiles.split(",")]
     print(f"{args.model}, {args.precision}, {args.threads} threads, load {os.getloadavg()[0]:.1f}")

@@ -41,6 +41,7 @@ from dinat_cli import ops
 from dinat_cli.cli.bench import OFFICIAL_CONFIG, parse_size
 from dinat_cli.model import RestoreDiNAT, attention, blocks, layers
 from dinat_cli.ops import native
+from dinat_cli.process import configure_process
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_network import ours
@@ -157,6 +158,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    configure_process()  # as the dinat command does: the heap keeps freed memory
     model = RestoreDiNAT(**OFFICIAL_CONFIG, tlc=True).eval()
     print(
         f"{args.threads} threads, load {os.getloadavg()[0]:.1f}, torch {torch.__version__}, "

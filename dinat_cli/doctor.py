@@ -360,7 +360,7 @@ def _folder_size(folder: Path, skip: set[Path]) -> int:
 
 
 def _caches() -> list[CacheInfo]:
-    from dinat_cli.ops.backends import compile_cache_dir
+    from dinat_cli.process import compile_cache_dir
     from dinat_cli.registry import cache_dir
 
     folders = {"weights": Path(cache_dir()), "inductor": Path(compile_cache_dir())}

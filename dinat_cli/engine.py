@@ -16,13 +16,18 @@ import numpy as np
 import torch
 
 from dinat_cli import checkpoints, cpu, ops, tile_choice
-from dinat_cli.choices import DEFAULT_TILE_OVERLAP
+from dinat_cli.choices import (
+    DEFAULT_TILE_OVERLAP,
+    MIN_TILE,
+    check_device,
+    check_precision,
+    check_tile_overlap,
+    parse_tile,
+)
 from dinat_cli.errors import DinatError, UsageError
 from dinat_cli.model import SIZE_MULTIPLE
 from dinat_cli.tiling import run_tiled, tile_grid
 
-# Smaller tiles change the network's behaviour: the level-1 attention span is 252 px.
-MIN_TILE = 256
 DEFAULT_OVERLAP = DEFAULT_TILE_OVERLAP
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Peak working memory of the official-size network (dim 48) per input pixel in float32:
@@ -34,27 +39,21 @@ _MEMORY_SHARE = {"cuda": 0.7, "cpu": 0.5, "mps": 0.5}
 
 def resolve_device(spec: str = "auto") -> torch.device:
     """`auto`, `cpu`, `cuda`, `cuda:N` or `mps` as a device this machine has."""
-    spec = spec.strip().lower()
+    spec = check_device(spec)
     if spec == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise UsageError(f"--device {spec}: expected auto, cpu, cuda, cuda:N or mps") from None
+    device = torch.device(spec)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UsageError(f"--device {spec}: this torch build or machine has no CUDA GPU")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UsageError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    elif device.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise UsageError(f"--device {spec}: Apple MPS is not available here")
-    elif device.type != "cpu":
-        raise UsageError(f"--device {spec}: expected auto, cpu, cuda, cuda:N or mps")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {spec}: Apple MPS is not available here")
     return device
 
 
@@ -63,13 +62,11 @@ def resolve_precision(spec: str, device: torch.device) -> torch.dtype:
 
     A 16-bit format a CPU has no arithmetic for is float32 (see `precision_fallback`).
     """
-    spec = spec.strip().lower()
+    spec = check_precision(spec)
     if spec == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
-    if spec not in PRECISIONS:
-        raise UsageError(f"--precision {spec}: expected auto, {', '.join(PRECISIONS)}")
     return torch.float32 if precision_fallback(spec, device) else PRECISIONS[spec]
 
 
@@ -84,19 +81,6 @@ def precision_fallback(spec: str, device: torch.device) -> str | None:
         return None
     name = {"bf16": "bfloat16", "fp16": "float16"}[spec]
     return f"--precision {spec}: this CPU has no {name} arithmetic (it would run many times slower): running float32"
-
-
-def parse_tile(spec: str | int | None) -> int | None:
-    """`auto` -> None (sized from free memory), `0` -> whole image always, N -> N-pixel tiles."""
-    if spec is None or str(spec).strip().lower() == "auto":
-        return None
-    try:
-        tile = int(spec)
-    except ValueError:
-        raise UsageError(f"--tile {spec}: expected auto, 0 or a size in pixels") from None
-    if tile != 0 and tile < MIN_TILE:
-        raise UsageError(f"--tile {tile}: tiles below {MIN_TILE} px change the network's output; use 0 or >= 256")
-    return tile - tile % SIZE_MULTIPLE if tile else 0
 
 
 @dataclass
@@ -134,8 +118,7 @@ class Restorer:
         self.dtype = resolve_precision(precision, self.device)
         self.precision_note = precision_fallback(precision, self.device)
         self.tile = parse_tile(tile)
-        if tile_overlap < 0 or tile_overlap % 2:
-            raise UsageError(f"--tile-overlap {tile_overlap}: expected an even number of pixels >= 0")
+        check_tile_overlap(tile_overlap, self.tile)
         self.tile_overlap = tile_overlap
         self.batch_size = max(1, batch_size)
         self.model = model.to(self.device).eval()

@@ -165,6 +165,16 @@ def test_bad_tile_option_is_a_usage_error(spec: str) -> None:
         parse_tile(spec)
 
 
+def test_an_overlap_over_half_the_tile_is_refused_not_clamped() -> None:
+    # Past half the tile, pixels would be computed in three tiles or more along a side.
+    with pytest.raises(UsageError, match="--tile-overlap 300: at most half the tile, 256 px with --tile 512"):
+        Restorer(torch.nn.Identity(), device="cpu", tile=512, tile_overlap=300)
+    with pytest.raises(UsageError, match="--tile auto, which may choose 256 px tiles"):
+        Restorer(torch.nn.Identity(), device="cpu", tile="auto", tile_overlap=130)
+    assert Restorer(torch.nn.Identity(), device="cpu", tile=512, tile_overlap=256).tile_overlap == 256
+    assert Restorer(torch.nn.Identity(), device="cpu", tile=0, tile_overlap=300).tile_overlap == 300  # never tiled
+
+
 def test_device_and_precision_defaults_on_cpu(cpu_arithmetic) -> None:
     cpu_arithmetic(True)
     device = resolve_device("cpu")
