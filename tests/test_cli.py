@@ -91,16 +91,17 @@ def _command_paths(command: typer.core.TyperGroup, prefix: tuple[str, ...] = ())
     return paths
 
 
-def test_every_command_takes_h_and_shows_plain_usage_and_no_bool_metavars() -> None:
+def test_every_command_takes_h_and_shows_plain_usage_and_no_bool_metavars(tmp_path: Path) -> None:
     paths = _command_paths(typer.main.get_command(app))
     assert ("weights", "verify") in paths and ("denoise",) in paths
+    env = {"COLUMNS": "120", "XDG_CACHE_HOME": str(tmp_path)}  # restore help finds the models' files
     for path in paths:
-        result = CliRunner().invoke(app, [*path, "-h"], env={"COLUMNS": "120"})
+        result = CliRunner().invoke(app, [*path, "-h"], env=env)
         assert result.exit_code == 0, (path, result.output)
         assert f"Usage: dinat {' '.join(path)}".rstrip() in result.output
         assert "<bool>" not in result.output and "{" not in result.output, (path, result.output)
     for task in ("deblur", "defocus", "denoise", "derain"):
-        result = CliRunner().invoke(app, [task, "-h"], env={"COLUMNS": "120"})
+        result = CliRunner().invoke(app, [task, "-h"], env=env)
         assert f"Usage: dinat {task} [OPTIONS] INPUT OUTPUT" in result.output
 
 

@@ -77,6 +77,7 @@ def test_a_compile_cache_of_the_users_own_wins(monkeypatch: pytest.MonkeyPatch, 
 def test_the_restore_commands_configure_their_process(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     calls = []
     monkeypatch.setattr(process, "configure_process", lambda: calls.append("configured"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     cv2.imwrite(str(tmp_path / "a.png"), np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8))
     result = CliRunner().invoke(
         app, ["denoise", "--model", "lite-denoise", str(tmp_path / "a.png"), str(tmp_path / "b.png")]
