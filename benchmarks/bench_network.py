@@ -36,6 +36,7 @@ from dinat_cli.checkpoints import infer_config
 from dinat_cli.cli.bench import OFFICIAL_CONFIG, parse_size
 from dinat_cli.model import RestoreDiNAT
 from dinat_cli.ops import native
+from dinat_cli.process import configure_process
 
 CONFIGS = {
     "fp32-torch": ("torch", torch.float32),
@@ -96,6 +97,7 @@ def main() -> None:
     parser.add_argument("--official", metavar="FILE", help="a Python file with build_official_model() (see above)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    configure_process()  # as the dinat command does: the heap keeps freed memory
     height, width = parse_size(args.size)
     image = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
     names = args.configs.split(",")

@@ -23,13 +23,16 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, TYPE_CHECKING, Literal
 
 import numpy as np
 
 from dinat_cli import files, io
-from dinat_cli.engine import Restorer
 from dinat_cli.errors import DinatError, StorageError, UsageError
+
+if TYPE_CHECKING:
+    # The engine imports torch: planning a batch and checking its options do not need it.
+    from dinat_cli.engine import Restorer
 
 LOCK_NAME = ".dinat.lock"
 Status = Literal["done", "skipped", "failed"]

@@ -26,13 +26,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from dinat_cli import batch
-from dinat_cli.engine import Restorer
 from dinat_cli.errors import DinatError, StorageError, UsageError
+
+if TYPE_CHECKING:
+    from dinat_cli.engine import Restorer
 
 INSTALL = "pip install 'dinat-cli[ray]'"
 MAX_ATTEMPTS = 3
@@ -75,8 +75,11 @@ class ClusterOptions:
             raise UsageError(f"--gpus-per-worker {gpus_per_worker} does not go with --device {device}")
         if device.startswith("cuda") and gpus_per_worker == 0:
             raise UsageError(f"--device {device} needs --gpus-per-worker above 0")
-        if device == "cuda:all" and address is None and not torch.cuda.is_available():
-            raise UsageError("--device cuda:all: this machine has no CUDA GPU visible to torch")
+        if device == "cuda:all" and address is None:
+            import torch  # the only check here that needs it
+
+            if not torch.cuda.is_available():
+                raise UsageError("--device cuda:all: this machine has no CUDA GPU visible to torch")
         return cls(address, workers, gpus_per_worker, device)
 
 
@@ -109,6 +112,13 @@ class _Worker:
         ground_truth: batch.GroundTruth | None,
         scorer: batch.Scorer | None,
     ) -> None:
+        import torch
+
+        from dinat_cli.engine import Restorer
+        from dinat_cli.process import configure_process
+
+        # The worker's process is ours: it gets the settings the dinat command makes for itself.
+        configure_process()
         torch.set_num_threads(threads)
         self._name = f"{socket.gethostname()}:{os.getpid()}"
         self._ground_truth, self._scorer = ground_truth, scorer

@@ -28,20 +28,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dinat_cli.choices import CPU_KERNELS_ENV
+from dinat_cli.cpu import CpuInfo, cpu_info, sysctl
 
-# Instruction sets reported, by their /proc/cpuinfo flag names.
-X86_FLAGS = (
-    "sse4_2",
-    "avx",
-    "avx2",
-    "fma",
-    "avx512f",
-    "avx512bw",
-    "avx512dq",
-    "avx512vl",
-    "avx512_bf16",
-    "amx_bf16",
-)
 SMOKE_SIZE = 32
 _DISTRIBUTION = "dinat-cli"
 _COMMAND_TIMEOUT_S = 10
@@ -83,27 +71,6 @@ class DeviceInfo:
     total_memory: int | None = None  # bytes
     free_memory: int | None = None  # bytes
     capability: str | None = None  # CUDA compute capability
-    error: str | None = None
-
-
-@dataclass
-class CpuInfo:
-    model: str | None = None
-    architecture: str | None = None
-    logical_cores: int | None = None
-    usable_cores: int | None = None  # the cores this process may run on (affinity)
-    # The instruction sets; None where they cannot be read on this system.
-    sse4_2: bool | None = None
-    avx: bool | None = None
-    avx2: bool | None = None
-    fma: bool | None = None
-    avx512f: bool | None = None
-    avx512bw: bool | None = None
-    avx512dq: bool | None = None
-    avx512vl: bool | None = None
-    avx512_bf16: bool | None = None
-    amx_bf16: bool | None = None
-    native_bf16: bool | None = None  # bfloat16 arithmetic in hardware (AVX512-BF16, AMX-BF16, Arm BF16)
     error: str | None = None
 
 
@@ -223,7 +190,7 @@ def diagnose(*, smoke_test: bool = True) -> Report:
     report.dinat = _collect(_dinat_info, lambda e: DinatInfo(error=e))
     report.python = _collect(_python_info, lambda e: PythonInfo(error=e))
     report.torch = _collect(_torch_info, lambda e: TorchInfo(error=e))
-    report.cpu = _collect(_cpu_info, lambda e: CpuInfo(error=e))
+    report.cpu = _collect(cpu_info, lambda e: CpuInfo(error=e))
     report.memory = _collect(_memory_info, lambda e: MemoryInfo(error=e))
     report.cpu_kernels = _collect(_cpu_kernels_info, lambda e: CpuKernelsInfo(reason=e, error=e))
     report.devices = _collect(lambda: _devices(report.cpu, report.memory), lambda e: [DeviceInfo("cpu", error=e)])
@@ -275,58 +242,6 @@ def _torch_info() -> TorchInfo:
     )
 
 
-def _proc_cpuinfo() -> dict[str, str]:
-    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
-    fields: dict[str, str] = {}
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8", errors="replace") as stream:
-        for line in stream:
-            if not line.strip():
-                if fields:
-                    break
-                continue
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip().lower(), value.strip())
-    return fields
-
-
-def _sysctl(name: str) -> str | None:
-    try:
-        result = subprocess.run(
-            ["sysctl", "-n", name], capture_output=True, text=True, timeout=_COMMAND_TIMEOUT_S, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() if result.returncode == 0 else None
-
-
-def _cpu_info() -> CpuInfo:
-    fields = _proc_cpuinfo()
-    machine = platform.machine()
-    arch = machine.lower()
-    info = CpuInfo(
-        model=fields.get("model name") or platform.processor() or None,
-        architecture=machine or None,
-        logical_cores=os.cpu_count(),
-        usable_cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-    )
-    x86 = arch in ("x86_64", "amd64", "i686", "i386")
-    if "flags" in fields or (not x86 and "features" in fields):
-        flags = set(fields.get("flags", "").split())
-        for name in X86_FLAGS:
-            setattr(info, name, name in flags)
-        if x86:
-            info.native_bf16 = bool(info.avx512_bf16 or info.amx_bf16)
-        else:
-            info.native_bf16 = "bf16" in fields.get("features", "").split()
-    elif not x86 and platform.system() == "Darwin":
-        for name in X86_FLAGS:
-            setattr(info, name, False)
-        info.model = _sysctl("machdep.cpu.brand_string") or info.model
-        bf16 = _sysctl("hw.optional.arm.FEAT_BF16")
-        info.native_bf16 = None if bf16 is None else bf16 == "1"
-    return info
-
-
 def _memory_info() -> MemoryInfo:
     import torch
 
@@ -342,7 +257,7 @@ def _memory_info() -> MemoryInfo:
         with contextlib.suppress(ValueError, OSError, AttributeError):
             total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     if total is None and platform.system() == "Darwin":
-        total = int(_sysctl("hw.memsize") or 0) or None
+        total = int(sysctl("hw.memsize") or 0) or None
     free = None
     with contextlib.suppress(ValueError, OSError, AttributeError):
         free = int(free_memory(torch.device("cpu")))
@@ -445,7 +360,7 @@ def _folder_size(folder: Path, skip: set[Path]) -> int:
 
 
 def _caches() -> list[CacheInfo]:
-    from dinat_cli.ops.backends import compile_cache_dir
+    from dinat_cli.process import compile_cache_dir
     from dinat_cli.registry import cache_dir
 
     folders = {"weights": Path(cache_dir()), "inductor": Path(compile_cache_dir())}
@@ -543,8 +458,8 @@ def advise(report: Report) -> list[str]:
             else ""
         )
         advice.append(
-            "this CPU has no native bfloat16, so `--precision bf16` would be many times slower than "
-            f"float32{measured}: keep the default (fp32) on CPU"
+            "this CPU has no native bfloat16, so `--precision bf16` runs float32 here: emulated bfloat16 would be "
+            f"many times slower{measured}"
         )
     elif cpu.native_bf16 and kernels.variant == "avx512bf16":
         advice.append("this CPU computes bfloat16 natively: `--precision bf16` can be faster than float32 on CPU")

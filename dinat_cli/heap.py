@@ -10,8 +10,10 @@ glibc accepts, 2 GB). Larger blocks (the q/k/v map of a float32 megapixel image)
 still mapped afresh: keeping them too saved another 13% at 1024x1024 but raised peak
 memory by 26%, which then grew faster than the pixel count.
 
-Applied once per process, on the network's first CPU forward pass, unless
-`DINAT_SYSTEM_MALLOC=1`; settings a user made with `MALLOC_*` variables are left alone.
+Applied once per process by whoever owns it (`dinat_cli.process.configure_process`:
+the command line, the Ray workers, or a program that opts in), never as a side effect
+of running the network, unless `DINAT_SYSTEM_MALLOC=1`; settings a user made with
+`MALLOC_*` variables are left alone.
 """
 
 from __future__ import annotations

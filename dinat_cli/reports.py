@@ -43,8 +43,10 @@ def dumps_json(document: Mapping[str, Any]) -> str:
 
 
 def write_report(path: Path, document: Mapping[str, Any], rows_key: str, summary_key: str) -> None:
-    """JSON: `document` as is. CSV: one line per row of `document[rows_key]`, then a line
-    named by `summary_key` holding `document[summary_key]` (inf written as `inf`)."""
+    """JSON: `document` as is. CSV: a `name` column, one line per row of
+    `document[rows_key]`, then a line named by `summary_key` holding `document[summary_key]`
+    (inf written as `inf`); a mapping inside the summary (a run's mean scores) comes
+    before it as a line of its own, named by its key, a column per item as in the rows."""
     check_report_path(path)
     text = dumps_json(document) + "\n" if path.suffix.lower() == ".json" else _csv_text(document, rows_key, summary_key)
     files.write_atomically(path, text.encode("utf-8"))
@@ -53,16 +55,19 @@ def write_report(path: Path, document: Mapping[str, Any], rows_key: str, summary
 def _csv_text(document: Mapping[str, Any], rows_key: str, summary_key: str) -> str:
     rows: Sequence[Mapping[str, Any]] = document[rows_key]
     summary: Mapping[str, Any] = document.get(summary_key) or {}
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    columns += [key for key in summary if key not in columns]
+    lines = {key: value for key, value in summary.items() if isinstance(value, Mapping)}
+    lines[summary_key] = {key: value for key, value in summary.items() if not isinstance(value, Mapping)}
+    # The first column names each line: a file, or a summary line (even when no file was planned).
+    columns = list(dict.fromkeys(["name", *(key for row in [*rows, *lines.values()] for key in row)]))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(columns)
     for row in rows:
         writer.writerow([_cell(row.get(column)) for column in columns])
-    if summary:
-        # Row names keep their file extension, so this line cannot be mistaken for an image.
-        writer.writerow([summary_key, *(_cell(summary.get(column)) for column in columns[1:])])
+    for name, line in lines.items():
+        if line:
+            # Row names keep their file extension, so these lines cannot be mistaken for images.
+            writer.writerow([name, *(_cell(line.get(column)) for column in columns[1:])])
     return buffer.getvalue()
 
 

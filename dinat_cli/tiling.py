@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,41 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     count = math.ceil((length - tile) / stride) + 1
     # Spread the tiles evenly so every overlap is at least `overlap`.
     return [round(index * (length - tile) / (count - 1)) for index in range(count)]
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """How `run_tiled` cuts a padded image: tiles of `height` x `width` at every (row, col) start.
+
+    One tile, the whole padded image, where no tiling was asked for or the tile covers it.
+    """
+
+    height: int
+    width: int
+    overlap: int
+    rows: tuple[int, ...]
+    cols: tuple[int, ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.rows) * len(self.cols)
+
+
+def tile_grid(height: int, width: int, tile: int | None, overlap: int, multiple: int = 8) -> TileGrid:
+    """The tiles of an image of `height` x `width` (before padding to `multiple`) for `tile` (None: whole)."""
+    full_h, full_w = height + -height % multiple, width + -width % multiple
+    if tile is None or (full_h <= tile and full_w <= tile):
+        return TileGrid(full_h, full_w, 0, (0,), (0,))
+    tile = max(multiple, tile - tile % multiple)
+    tile_h, tile_w = min(tile, full_h), min(tile, full_w)
+    overlap = min(overlap, tile - multiple)
+    return TileGrid(
+        tile_h,
+        tile_w,
+        overlap,
+        tuple(tile_starts(full_h, tile_h, overlap)),
+        tuple(tile_starts(full_w, tile_w, overlap)),
+    )
 
 
 def _edge_window(size: int, overlap: int, fade_start: bool, fade_end: bool) -> torch.Tensor:
@@ -69,14 +105,12 @@ def run_tiled(
     height, width = x.shape[-2:]
     padded = pad_to_multiple(x, multiple)
     full_h, full_w = padded.shape[-2:]
-    if tile is None or (full_h <= tile and full_w <= tile):
+    grid = tile_grid(height, width, tile, overlap, multiple)
+    if grid.count == 1:
         return forward(padded)[..., :height, :width].float()
 
-    tile = max(multiple, tile - tile % multiple)
-    tile_h, tile_w = min(tile, full_h), min(tile, full_w)
-    overlap = min(overlap, tile - multiple)
-    rows, cols = tile_starts(full_h, tile_h, overlap), tile_starts(full_w, tile_w, overlap)
-    boxes = [(top, left) for top in rows for left in cols]
+    tile_h, tile_w, overlap = grid.height, grid.width, grid.overlap
+    boxes = [(top, left) for top in grid.rows for left in grid.cols]
 
     output = None
     total = torch.zeros(full_h, full_w, dtype=torch.float64, device=x.device)

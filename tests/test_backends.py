@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 import types
@@ -326,12 +327,24 @@ def test_selection_globally_per_call_and_per_model() -> None:
     assert {m.backend for m in model.modules() if hasattr(m, "backend")} == {None}
 
 
-def test_compile_cache_goes_to_the_user_cache(monkeypatch, tmp_path) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(backends, "_USER_CACHE_DIR", None)
-    assert backends.compile_cache_dir() == str(tmp_path / "dinat" / "inductor")
-    monkeypatch.setattr(backends, "_USER_CACHE_DIR", "/somewhere/else")
-    assert backends.compile_cache_dir() == "/somewhere/else"
+@pytest.mark.parametrize("torch_compile_takes_a_limit", [True, False])
+def test_compiling_leaves_the_process_settings_alone(monkeypatch, torch_compile_takes_a_limit: bool) -> None:
+    # A library call sets no TORCHINDUCTOR_* variable and no dynamo setting of the process,
+    # yet the attention may compile more graphs than dynamo's default limit (8).
+    from torch._dynamo.testing import CompileCounter
+
+    if not torch_compile_takes_a_limit:  # torch before 2.12
+        real_compile = torch.compile
+        monkeypatch.setattr(torch, "compile", lambda fn, **options: real_compile(fn, **options))
+    counter = CompileCounter()
+    environment, limit = dict(os.environ), torch._dynamo.config.recompile_limit
+    # A function of its own: dynamo's cache is per code object. Not dynamic: a graph per size.
+    compiled = backends.Compiled(lambda x: x * 2, dynamic=False, backend=counter)
+    for size in range(1, 13):
+        assert torch.equal(compiled(torch.ones(size), fallback=lambda: None), torch.full((size,), 2.0))
+    assert counter.frame_count == 12
+    assert dict(os.environ) == environment
+    assert torch._dynamo.config.recompile_limit == limit == 8
 
 
 def test_bench_command_reports_json() -> None:
@@ -343,6 +356,18 @@ def test_bench_command_reports_json() -> None:
     rows = [json.loads(line) for line in result.output.splitlines()]
     assert [row["size"] for row in rows] == ["72x64"]
     assert all(row["attention"] == "torch" and row["ms"] > 0 and row["precision"] == "fp32" for row in rows)
+
+
+def test_bench_table_fits_80_columns_and_cuts_nothing() -> None:
+    # Cron mail and pipes get 80 columns.
+    arguments = ["bench", "--size", "72x64", "--dim", "8", "--repeat", "1", "--attention", "torch"]
+    result = CliRunner().invoke(app, arguments, env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert all(len(line) <= 80 for line in lines) and "…" not in result.output
+    assert "on cpu, torch attention" in " ".join(result.output.split())
+    [row] = [line.split("│")[1:-1] for line in lines if "72x64" in line]
+    assert [cell.strip() for cell in row[:3]] == ["72x64", "fp32", "whole"]
 
 
 def test_bench_rejects_a_bad_size() -> None:
@@ -359,12 +384,5 @@ def test_dynamo_is_imported_only_when_something_compiles(tmp_path) -> None:
         "ops.na2d(q, q, q, 7, 2, backend='torch')\n"
         "print('torch._dynamo' in sys.modules)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True)
-    assert result.stdout.strip() == "False"
-
-
-def test_the_command_line_is_parsed_without_importing_torch(tmp_path) -> None:
-    # `dinat --help`, usage errors, `dinat eval` and `dinat weights` never need torch (3 s or more to import).
-    code = "import sys, dinat_cli.cli\nprint('torch' in sys.modules)\n"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True)
     assert result.stdout.strip() == "False"

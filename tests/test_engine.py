@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from dinat_cli import engine
+from dinat_cli import cpu, engine, tile_choice
 from dinat_cli.engine import MIN_TILE, Restorer, parse_tile, resolve_device, resolve_precision
 from dinat_cli.errors import DinatError, UsageError
 from dinat_cli.model import RestoreDiNAT
-from dinat_cli.tiling import pad_to_multiple, run_tiled, tile_starts
+from dinat_cli.tiling import pad_to_multiple, run_tiled, tile_grid, tile_starts
 
 
 def _conv_net() -> torch.nn.Module:
@@ -98,7 +98,19 @@ def test_other_runtime_errors_are_not_taken_for_memory() -> None:
         restorer.restore(np.zeros((8, 8, 3), dtype=np.float32))
 
 
-def test_non_finite_half_precision_output_is_recomputed_in_float32() -> None:
+@pytest.fixture
+def cpu_arithmetic(monkeypatch):
+    """Pretend this CPU computes bfloat16 and float16 in hardware, or not, or cannot tell."""
+
+    def pretend(native: bool | None) -> None:
+        monkeypatch.setattr(cpu, "native_arithmetic", lambda: {"bf16": native, "fp16": native})
+
+    return pretend
+
+
+def test_non_finite_half_precision_output_is_recomputed_in_float32(cpu_arithmetic) -> None:
+    cpu_arithmetic(True)
+
     def forward(x: torch.Tensor) -> torch.Tensor:
         half = torch.is_autocast_enabled("cpu")
         return torch.full_like(x, float("inf")) if half else x * 0.5
@@ -121,6 +133,27 @@ def test_auto_tile_follows_free_memory(monkeypatch) -> None:
     assert restorer.auto_tile(4000, 6000) == MIN_TILE
 
 
+@pytest.mark.parametrize("native", [True, None])
+def test_16_bit_precision_runs_as_asked_where_the_cpu_computes_it_or_cannot_tell(cpu_arithmetic, native) -> None:
+    cpu_arithmetic(native)
+    for spec, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        restorer = Restorer(torch.nn.Identity(), device="cpu", precision=spec)
+        assert restorer.dtype == dtype and restorer.precision_note is None
+
+
+def test_16_bit_precision_without_cpu_arithmetic_runs_float32_and_says_so(cpu_arithmetic) -> None:
+    cpu_arithmetic(False)
+    for spec, name in (("bf16", "bfloat16"), ("fp16", "float16")):
+        restorer = Restorer(torch.nn.Identity(), device="cpu", precision=spec)
+        assert restorer.dtype == torch.float32
+        assert restorer.precision_note == (
+            f"--precision {spec}: this CPU has no {name} arithmetic (it would run many times slower): running float32"
+        )
+        restorer.restore(np.ones((16, 16, 3), dtype=np.float32))
+        assert restorer.last.precision == "fp32"
+    assert Restorer(torch.nn.Identity(), device="cpu", precision="auto").precision_note is None
+
+
 @pytest.mark.parametrize("spec, expected", [("auto", None), ("0", 0), ("512", 512), ("517", 512), (None, None)])
 def test_tile_option(spec, expected) -> None:
     assert parse_tile(spec) == expected
@@ -132,7 +165,18 @@ def test_bad_tile_option_is_a_usage_error(spec: str) -> None:
         parse_tile(spec)
 
 
-def test_device_and_precision_defaults_on_cpu() -> None:
+def test_an_overlap_over_half_the_tile_is_refused_not_clamped() -> None:
+    # Past half the tile, pixels would be computed in three tiles or more along a side.
+    with pytest.raises(UsageError, match="--tile-overlap 300: at most half the tile, 256 px with --tile 512"):
+        Restorer(torch.nn.Identity(), device="cpu", tile=512, tile_overlap=300)
+    with pytest.raises(UsageError, match="--tile auto, which may choose 256 px tiles"):
+        Restorer(torch.nn.Identity(), device="cpu", tile="auto", tile_overlap=130)
+    assert Restorer(torch.nn.Identity(), device="cpu", tile=512, tile_overlap=256).tile_overlap == 256
+    assert Restorer(torch.nn.Identity(), device="cpu", tile=0, tile_overlap=300).tile_overlap == 300  # never tiled
+
+
+def test_device_and_precision_defaults_on_cpu(cpu_arithmetic) -> None:
+    cpu_arithmetic(True)
     device = resolve_device("cpu")
     assert resolve_precision("auto", device) == torch.float32
     assert resolve_precision("bf16", device) == torch.bfloat16
@@ -152,3 +196,51 @@ def test_attention_backend_is_pinned_on_the_model_and_checked_early(monkeypatch)
     assert {layer.backend for layer in model.modules() if hasattr(layer, "backend")} == {"torch"}
     with pytest.raises(UsageError, match="--attention flex is not available"):
         Restorer(model, device="cpu", attention="flex")
+
+
+@pytest.mark.parametrize(
+    "height, width, tile, overlap",
+    [(300, 500, None, 64), (300, 500, 256, 64), (1000, 700, 256, 32), (1000, 700, 512, 64), (520, 260, 256, 300)],
+)
+def test_tile_grid_is_how_run_tiled_cuts(height, width, tile, overlap) -> None:
+    shapes = []
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        shapes.append(tuple(x.shape[-2:]))
+        return x
+
+    run_tiled(forward, torch.zeros(1, 3, height, width), tile, overlap)
+    grid = tile_grid(height, width, tile, overlap)
+    assert shapes == [(grid.height, grid.width)] * grid.count
+
+
+def test_auto_tile_takes_the_fastest_way_that_fits(monkeypatch) -> None:
+    monkeypatch.setattr(engine, "free_memory", lambda device: 1e15)
+    restorer = Restorer(RestoreDiNAT(dim=16), device="cpu")
+    costs = restorer.tile_costs(2000, 3000)
+    assert set(costs) == {0, *(tile for tile in tile_choice.CANDIDATE_TILES if tile < 3000)}
+    assert restorer.auto_tile(2000, 3000) == min(costs, key=costs.get) != 0  # measured: tiles beat whole
+    assert restorer.auto_tile(512, 512) == 0
+    # Where the cost per pixel does not grow with size, nothing beats the whole image.
+    monkeypatch.setattr(tile_choice, "cost_per_pixel", lambda pixels, channels: 1.0)
+    assert restorer.auto_tile(2000, 3000) == 0
+
+
+def test_auto_tile_on_gpus_takes_the_whole_image_where_it_fits() -> None:
+    grids = tile_choice.plans(2000, 3000, 64, 8)
+    costs = {tile: tile_choice.cost(grid, 16, 4, "cuda") for tile, grid in grids.items()}
+    assert min(costs, key=costs.get) == 0
+
+
+def test_cost_per_pixel_follows_the_measured_table_and_grows_beyond_it() -> None:
+    for width, table in tile_choice._CPU_COST_PER_PIXEL.items():
+        for pixels, relative in table:
+            assert tile_choice.cost_per_pixel(pixels, width) == pytest.approx(relative)
+        last_pixels, last = table[-1]
+        assert (
+            last
+            < tile_choice.cost_per_pixel(4 * last_pixels, width)
+            < tile_choice.cost_per_pixel(16 * last_pixels, width)
+        )
+        assert tile_choice.cost_per_pixel(1000, width) == table[0][1]
+    assert tile_choice.cost_per_pixel(262_144, 40) == tile_choice.cost_per_pixel(262_144, 48)  # nearest width

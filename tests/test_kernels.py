@@ -150,8 +150,11 @@ def test_feed_forward_aligned_weights_follow_a_checkpoint_load() -> None:
 
 _FAULTS = """
 import resource, torch
+import dinat_cli
 from dinat_cli import heap
 from dinat_cli.model import RestoreDiNAT
+
+dinat_cli.configure_process()  # what the dinat command and its Ray workers do
 
 model = RestoreDiNAT(dim=16, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1] * 4, dilations=[4, 2, 1, 1])
 image = torch.rand(1, 3, 512, 512)  # level-1 maps of 17 to 90 MB

@@ -78,3 +78,18 @@ def test_banding_does_not_change_results(monkeypatch) -> None:
     whole = na2d(q, k, v, 7, 4, rpb=rpb)
     monkeypatch.setattr(neighborhood, "_BAND_ELEMENTS", 1)  # one query row per band
     assert torch.equal(na2d(q, k, v, 7, 4, rpb=rpb), whole)
+
+
+@pytest.mark.parametrize("dim, dilation", [(48, 1), (48, 5), (16, 2)])
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 2e-6), (torch.bfloat16, 5e-2)])
+def test_wide_maps_attended_in_column_strips_match_the_reference(
+    cpu_variant: str, dim: int, dilation: int, dtype: torch.dtype, tolerance: float
+) -> None:
+    # Wider than the kernel's column strips (146 float32 and 292 bfloat16 columns at head size 48).
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 40, 1000, dim) for _ in range(3))
+    rpb = torch.randn(2, 13, 13) * 0.1
+    reference = na2d(q, k, v, 7, dilation, rpb=rpb, backend="torch")
+    q, k, v, rpb = (t.to(dtype) for t in (q, k, v, rpb))
+    out = na2d(q, k, v, 7, dilation, rpb=rpb, backend="native")
+    assert (out.float() - reference).abs().max().item() <= tolerance

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import pickle
@@ -177,7 +178,10 @@ def test_gt_scores_each_output_with_the_eval_metrics(tmp_path: Path, checkpoint:
     gt.mkdir()
     for path in source.glob("*.png"):  # same stems, other format
         cv2.imwrite(str(gt / f"{path.stem}.bmp"), cv2.imread(str(path)))
-    result = run_cli("deblur", "--weights", checkpoint, source, tmp_path / "out", "--gt", gt, "--json")
+    report = tmp_path / "run.csv"
+    result = run_cli(
+        "deblur", "--weights", checkpoint, source, tmp_path / "out", "--gt", gt, "--json", "--report", report
+    )
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
     assert all("psnr" in row and "ssim" in row for row in document["files"])
@@ -185,6 +189,12 @@ def test_gt_scores_each_output_with_the_eval_metrics(tmp_path: Path, checkpoint:
     evaluated = run_cli("eval", "--gt", gt, "--pred", tmp_path / "out", "--json")
     assert evaluated.returncode == 0, evaluated.stderr
     assert document["summary"]["mean"]["psnr"] == pytest.approx(json.loads(evaluated.stdout)["mean"]["psnr"], abs=1e-9)
+    # The CSV's mean line has a column per score, as the files' lines do.
+    lines = {row["name"]: row for row in csv.DictReader(report.open())}
+    assert set(lines) == {"img0.png", "img1.png", "img2.png", "mean", "summary"}
+    for score in ("psnr", "ssim"):
+        assert float(lines["mean"][score]) == document["summary"]["mean"][score]
+    assert lines["summary"]["done"] == "3" and "{" not in report.read_text()
 
 
 def test_missing_registry_weights_exit_2_before_touching_the_output(tmp_path: Path) -> None:
@@ -231,6 +241,9 @@ def test_missing_registry_weights_exit_2_before_touching_the_output(tmp_path: Pa
         (["--precision", "fp64"], "--precision fp64"),
         (["--ext", "gif"], "--ext gif"),
         (["--report", "r.txt"], ".csv or .json"),
+        (["--tile", "256", "--tile-overlap", "300"], "at most half the tile, 128 px with --tile 256;"),
+        (["--tile-overlap", "200"], "128 px with --tile auto, which may choose 256 px tiles; use a smaller overlap"),
+        (["--tile", "512", "--tile-overlap", "300"], "use a smaller overlap or --tile 600 or more"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(tmp_path: Path, checkpoint: Path, args: list[str], message: str) -> None:

@@ -2,11 +2,52 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from dinat_cli import __version__
 
-app = typer.Typer(
+
+class _UnixHelp:
+    """Help as command-line users expect it: `-h` as well as `--help` (the context settings
+    below), arguments in capitals, `Usage: dinat denoise [OPTIONS] INPUT OUTPUT` (Typer
+    writes `{input}`), and nothing after a flag where Typer would show `<bool>`."""
+
+    def get_params(self, ctx: typer.Context) -> list[Any]:
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if param.metavar is None and isinstance(param, TyperArgument):
+                param.metavar = param.name.upper()
+            elif param.metavar is None and isinstance(param, TyperOption) and param.is_flag:
+                param.metavar = ""
+        return params
+
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+        pieces = super().collect_usage_pieces(ctx)  # type: ignore[misc]
+        return [piece[1:-1] if piece.startswith("{") and piece.endswith("}") else piece for piece in pieces]
+
+
+class Command(_UnixHelp, TyperCommand):
+    pass
+
+
+class Group(_UnixHelp, TyperGroup):
+    pass
+
+
+class CommandGroup(typer.Typer):
+    """A Typer app whose commands and sub-groups get the help above."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(cls=Group, context_settings={"help_option_names": ["-h", "--help"]}, **options)
+
+    def command(self, *args: Any, cls: type[TyperCommand] = Command, **options: Any) -> Any:
+        return super().command(*args, cls=cls, **options)
+
+
+app = CommandGroup(
     name="dinat",
     help="Restore photos with DiNAT-IR: deblur, defocus, denoise, derain; score and manage weights.",
     no_args_is_help=True,

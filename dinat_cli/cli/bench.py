@@ -155,32 +155,41 @@ def bench(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line instead of a table."),
 ) -> None:
     """Time the network on random images: ms per image, megapixels per second, peak memory."""
+    sizes = [parse_size(spec) for spec in size or DEFAULT_SIZES]
     import torch
 
     from dinat_cli import ops
     from dinat_cli.engine import Restorer
     from dinat_cli.model import RestoreDiNAT
+    from dinat_cli.process import configure_process
 
-    sizes = [parse_size(spec) for spec in size or DEFAULT_SIZES]
+    # Timed as the restore commands run: with their process settings.
+    configure_process()
     if threads:
         torch.set_num_threads(threads)
     model = RestoreDiNAT(**{**OFFICIAL_CONFIG, "dim": dim}, tlc=tlc)
     restorer = Restorer(model, device=device, precision=precision, tile=tile)
     ops.resolve_backend(attention, restorer.device)  # an unavailable backend fails before any work
+    if restorer.precision_note:
+        typer.echo(restorer.precision_note, err=True)
     results = [run_bench(restorer, shape, repeat, attention) for shape in sizes]
     if as_json:
         for result in results:
             typer.echo(json.dumps(asdict(result)))
         return
-    table = Table(title=f"dinat bench: dim {dim}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}")
-    for column in ("size", "precision", "device", "attention", "tile", "first ms", "ms", "MP/s", "peak MB"):
-        table.add_column(column, justify="left" if column in ("size", "device", "attention") else "right")
+    # One engine for every size: its device and attention go in the title, so that the
+    # table fits 80 columns (cron mail, pipes); a narrower console folds cells, never cuts them.
+    title = (
+        f"dinat bench: dim {dim} on {restorer.device}, {results[0].attention} attention, "
+        f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}"
+    )
+    table = Table(title=title)
+    for column in ("size", "precision", "tile", "first ms", "ms", "MP/s", "peak MB"):
+        table.add_column(column, justify="left" if column == "size" else "right", overflow="fold")
     for r in results:
         table.add_row(
             r.size,
             r.precision,
-            r.device,
-            r.attention,
             str(r.tile or "whole"),
             f"{r.first_ms:.0f}",
             f"{r.ms:.0f}",

@@ -13,7 +13,9 @@ from rich.text import Text
 from dinat_cli.cli.app import app
 
 # Cheap: the collectors import torch and the rest of dinat only when they run.
-from dinat_cli.doctor import X86_FLAGS, Report, diagnose
+from dinat_cli.cpu import X86_FLAGS
+from dinat_cli.doctor import Report, diagnose
+from dinat_cli.process import configure_process
 
 _GIB = 1 << 30
 _STATUS_STYLE = {"present": "green", "missing": "yellow", "damaged": "red"}
@@ -28,6 +30,8 @@ def doctor(
     ] = True,
 ) -> None:
     """Check this machine: torch, CPU kernels, devices, attention backends, weights; exit 1 if dinat cannot restore."""
+    # The smoke test and the inductor cache as the restore commands have them.
+    configure_process()
     if as_json:
         # Stdout holds the JSON document and nothing else.
         with contextlib.redirect_stdout(sys.stderr):

@@ -114,7 +114,8 @@ def _format(name: str, value: float) -> str:
 def _table(result: evaluation.Evaluation, y_channel: bool, crop_border: int) -> Table:
     channel = "Y" if y_channel else "RGB"
     table = Table(title=f"{result.protocol} protocol, {channel}, crop border {crop_border}", show_footer=True)
-    table.add_column("image", footer=f"mean of {len(result.images)}")
+    # A long name is folded onto more lines, never cut (80 columns: cron mail, pipes).
+    table.add_column("image", footer=f"mean of {len(result.images)}", overflow="fold")
     for name in result.mean:
         header = "PSNR (dB)" if name == "psnr" else name.upper()
         table.add_column(header, justify="right", footer=_format(name, result.mean[name]))

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import typer
 
-from dinat_cli import metrics, registry, reports
+from dinat_cli import choices, metrics, registry, reports
 from dinat_cli.choices import ATTENTION_BACKENDS, DEFAULT_TILE_OVERLAP
-from dinat_cli.cli.app import app
+from dinat_cli.cli.app import Command, app
 from dinat_cli.errors import UsageError
 from dinat_cli.io import EXT_CHOICES
 
@@ -38,7 +38,11 @@ TASKS = (
         # Both papers score single-image and dual-pixel DPDD results the same way.
         protocol="dpdd",
     ),
-    Task("denoise", "Remove real camera noise (SIDD-trained).", "dinat denoise --tile 512 noisy/ clean/"),
+    Task(
+        "denoise",
+        "Remove noise: real camera noise (sidd, SIDD-trained) or synthetic Gaussian noise (lite-denoise).",
+        "dinat denoise --model lite-denoise noisy/ clean/",
+    ),
     Task("derain", "Remove rain streaks (Rain13K-trained).", "dinat derain --gt gt/ rainy/ out/", y_channel=True),
 )
 
@@ -106,6 +110,34 @@ def _parameters(with_dual_pixel: bool) -> list[inspect.Parameter]:
     return [inspect.Parameter(name, keyword, default=default, annotation=kind) for name, kind, default in spec]
 
 
+class _RestoreCommand(Command):
+    """A restore command whose help ends with its task's models and whether each is installed.
+
+    Written when the help is shown: finding the files is work that `dinat --help` and
+    the other commands should not pay for.
+    """
+
+    def format_help(self, ctx: typer.Context, formatter: object) -> None:
+        self.epilog = _models_note(str(self.name))
+        super().format_help(ctx, formatter)
+
+
+def _models_note(task: str) -> str:
+    paragraphs = [f"Models for {task} (pick one with --model NAME; `dinat weights list` shows all):"]
+    for entry in registry.load_registry().values():
+        if entry.task != task:
+            continue
+        location = registry.locate(entry)
+        defaults = [
+            "default with --dual-pixel" if key.endswith(registry.DUAL_PIXEL_SUFFIX) else "default"
+            for key in entry.default_for
+        ]
+        fix = f"`dinat weights download {entry.name}`" if entry.url else "reinstall dinat"
+        status = {"present": "installed", "missing": f"not installed: {fix}", "damaged": f"damaged: {fix}"}
+        paragraphs.append(f"{entry.name} ({', '.join([*defaults, status[location.status]])}): {entry.description}.")
+    return "\n\n".join(paragraphs)
+
+
 def _register(task: Task) -> None:
     def command(**options: object) -> None:
         code = restore(task, **options)
@@ -115,7 +147,7 @@ def _register(task: Task) -> None:
     command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     command.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
     command.__doc__ = f"{task.summary}\n\nExample: {task.example}"
-    app.command(task.name)(command)
+    app.command(task.name, cls=_RestoreCommand)(command)
 
 
 def restore(
@@ -145,17 +177,25 @@ def restore(
     gpus_per_worker: float | None = None,
     dual_pixel: bool = False,
 ) -> int:
-    """Run one restore command; returns the exit code. Setup errors raise before any output exists."""
-    # Here, not at the top: they import torch, which parsing the command line and --help do not need.
+    """Run one restore command; returns the exit code.
+
+    Setup errors raise before any output exists, and every option that can be checked
+    without torch is checked before torch is imported (seconds on a slow machine).
+    """
+    # Here, not at the top: batch reads images, which parsing the command line and --help do not need.
     from dinat_cli import batch, distributed
     from dinat_cli.cli.progress import RunDisplay
-    from dinat_cli.engine import Restorer
 
-    path, entry = registry.select(task.name, model=model, weights=weights, dual_pixel=dual_pixel)
-    share = batch.Shard.parse(shard) if shard is not None else None
     cluster = distributed.ClusterOptions.requested(
         ray=ray, address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker, device=device
     )
+    if cluster is None:  # Ray runs take cuda:all as well, and check their device themselves
+        choices.check_device(device)
+    choices.check_precision(precision)
+    choices.check_tile_overlap(tile_overlap, choices.parse_tile(tile))
+    choices.check_attention(attention)
+    share = batch.Shard.parse(shard) if shard is not None else None
+    path, entry = registry.select(task.name, model=model, weights=weights, dual_pixel=dual_pixel)
     jobs = batch.plan_jobs(input, output, ext=ext, suffix=suffix, dual_pixel=dual_pixel)
     if share is not None:
         jobs = share.select(jobs)
@@ -183,6 +223,11 @@ def restore(
     folder = output if not (len(jobs) == 1 and jobs[0].output == Path(output)) else Path(output).parent
     with contextlib.ExitStack() as stack:
         if cluster is None:
+            # Every option is checked: now the engine, and torch with it.
+            from dinat_cli.engine import Restorer
+            from dinat_cli.process import configure_process
+
+            configure_process()
             restorer = Restorer.from_weights(path, **engine_options)
             engine = {
                 "device": str(restorer.device),
@@ -190,7 +235,7 @@ def restore(
                 "in_channels": restorer.in_channels,
             }
             run = functools.partial(batch.run_batch, restorer=restorer, ground_truth=ground_truth, scorer=scorer)
-            ready = None
+            ready = restorer.precision_note
         else:
             must_see = [jobs[0].sources[0]] if jobs else []
             pool = stack.enter_context(

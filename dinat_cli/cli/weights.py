@@ -12,10 +12,10 @@ from rich.console import Console
 from rich.table import Table
 
 from dinat_cli import registry
-from dinat_cli.cli.app import app
+from dinat_cli.cli.app import CommandGroup, app
 from dinat_cli.errors import CheckpointError, UsageError
 
-weights_app = typer.Typer(
+weights_app = CommandGroup(
     help="List, verify, download and import the checkpoints dinat knows.",
     no_args_is_help=True,
 )
@@ -33,45 +33,80 @@ def list_weights(
     if as_json:
         typer.echo(json.dumps([location.to_dict() for location in locations], indent=2))
         return
-    table = Table("name", "task", "default for", "size", "sha256", "status", "path")
+    # Narrow enough for 80 columns (cron mail, pipes); paths follow it whole, one a line,
+    # for a terminal to wrap: folded into a column they could not be copied.
+    table = Table()
+    for column in ("name", "task", "default", "size", "sha256", "status"):
+        table.add_column(column, overflow="fold")
     for location in locations:
         entry = location.entry
         table.add_row(
             entry.name,
             entry.task,
-            ", ".join(entry.default_for),
+            ", ".join(_default_label(task) for task in entry.default_for),
             f"{entry.size / 1e6:.1f} MB",
             entry.sha256[:12],
             f"[{_STATUS_STYLE[location.status]}]{location.status}[/]",
-            str(location.path or ""),
         )
-    Console().print(table)
+    console = Console(soft_wrap=True)
+    console.print(table)
+    for location in locations:
+        if location.path is not None:
+            console.print(f"{location.entry.name}: {location.path}", markup=False, highlight=False)
+
+
+def _default_label(default_for: str) -> str:
+    # The task column names the task: here only whether it is the one for dual-pixel input.
+    return "dual-pixel" if default_for.endswith(registry.DUAL_PIXEL_SUFFIX) else "yes"
+
+
+# One rule for every checkpoint argument: a registry entry's name, else a file's path
+# (write ./NAME for a file that has an entry's name).
+_CHECKPOINT_HELP = "A registry entry's name (see `dinat weights list`) or a checkpoint file."
+
+
+def _name_or_file(spec: str) -> registry.Entry | Path:
+    entries = registry.load_registry()
+    if spec in entries:
+        return entries[spec]
+    if not Path(spec).is_file():
+        raise UsageError(f"unknown model {spec!r} and no such file; known models: {', '.join(entries)}")
+    return Path(spec)
+
+
+def _reread(entry: registry.Entry) -> registry.Location:
+    """Where `entry`'s file is, its checksum read again: the remembered verdict is what verify distrusts."""
+    location = registry.locate(entry)
+    if location.path and location.status == "present" and registry.checksum(location.path, fresh=True) != entry.sha256:
+        location = registry.Location(entry, "damaged", location.path)
+    return location
 
 
 @weights_app.command()
 def verify(
-    file: Annotated[Path | None, typer.Argument(help="A checkpoint file to check.", show_default=False)] = None,
+    checkpoint: Annotated[
+        str | None, typer.Argument(metavar="NAME|FILE", help=_CHECKPOINT_HELP, show_default=False)
+    ] = None,
     all_entries: Annotated[bool, typer.Option("--all", help="Re-hash every registry file found.")] = False,
 ) -> None:
-    """Exit 0 only for an intact known checkpoint; damaged or unknown files exit 2, saying why."""
-    if (file is None) == (not all_entries):
-        raise UsageError("give either a FILE or --all")
-    if file is not None:
-        verdict = registry.check(file, fresh=True)
+    """Exit 0 only for an intact known checkpoint; damaged, missing or unknown ones exit 2, saying why."""
+    if (checkpoint is None) == (not all_entries):
+        raise UsageError("give either a NAME or FILE, or --all")
+    if checkpoint is not None:
+        target = _name_or_file(checkpoint)
+        if isinstance(target, registry.Entry):
+            location = _reread(target)
+            if location.path is None or location.status != "present":
+                raise CheckpointError(registry.unavailable_message(location))
+            target = location.path
+        verdict = registry.check(target, fresh=True)
         if verdict.status != "intact":
             raise CheckpointError(verdict.reason)
         typer.echo(verdict.reason)
         return
     damaged = []
     for entry in registry.load_registry().values():
-        location = registry.locate(entry)
-        # The cached verdict found it; --all is the explicit request to read it again.
-        if (
-            location.path
-            and location.status == "present"
-            and registry.checksum(location.path, fresh=True) != entry.sha256
-        ):
-            location = registry.Location(entry, "damaged", location.path)
+        location = _reread(entry)
         typer.echo(f"{entry.name}: {location.status}" + (f" ({location.path})" if location.path else ""))
         if location.status == "damaged":
             damaged.append(entry.name)
@@ -81,14 +116,20 @@ def verify(
 
 @weights_app.command()
 def download(
-    name: Annotated[str | None, typer.Argument(help="The registry entry to fetch.", show_default=False)] = None,
+    checkpoint: Annotated[
+        str | None, typer.Argument(metavar="NAME", help="The registry entry to fetch.", show_default=False)
+    ] = None,
     all_entries: Annotated[bool, typer.Option("--all", help="Fetch every entry that is not present.")] = False,
 ) -> None:
     """Download into the cache over HTTP(S), resuming a partial file, then check its sha256."""
-    if (name is None) == (not all_entries):
+    if (checkpoint is None) == (not all_entries):
         raise UsageError("give either a NAME or --all")
-    entries = registry.load_registry()
-    chosen = list(entries.values()) if all_entries else [registry.get(name, entries)]
+    if checkpoint is None:
+        chosen = list(registry.load_registry().values())
+    elif isinstance(target := _name_or_file(checkpoint), Path):
+        raise UsageError(f"{target} is a file, not a registry entry: `dinat weights import {target}` copies it")
+    else:
+        chosen = [target]
     for entry in chosen:
         location = registry.locate(entry)
         if location.status == "present":
@@ -102,14 +143,28 @@ def download(
 
 @weights_app.command("import")
 def import_weights(
-    file: Annotated[Path, typer.Argument(help="A checkpoint you already have.", show_default=False)],
+    checkpoint: Annotated[
+        str, typer.Argument(metavar="FILE", help="A checkpoint file you already have.", show_default=False)
+    ],
 ) -> None:
     """Verify a checkpoint you already have and copy it into the cache."""
-    entry, path = registry.import_file(file)
+    target = _name_or_file(checkpoint)
+    if isinstance(target, registry.Entry):
+        raise UsageError(f"{target.name} is a registry entry, not a file: `dinat weights download {target.name}`")
+    entry, path = registry.import_file(target)
     typer.echo(f"{entry.name}: verified and imported to {path}")
 
 
 @weights_app.command()
-def path(name: Annotated[str, typer.Argument(help="A registry entry.", show_default=False)]) -> None:
-    """Print the verified file of a registry entry (exit 2 with the fixes if it is missing)."""
-    typer.echo(registry.resolve(name))
+def path(
+    checkpoint: Annotated[str, typer.Argument(metavar="NAME|FILE", help=_CHECKPOINT_HELP, show_default=False)],
+) -> None:
+    """Print the verified file of a registry entry or a checkpoint file; exit 2, saying why, if there is none."""
+    target = _name_or_file(checkpoint)
+    if isinstance(target, registry.Entry):
+        typer.echo(registry.resolve(target.name))
+        return
+    verdict = registry.check(target)
+    if verdict.status != "intact":
+        raise CheckpointError(verdict.reason)
+    typer.echo(target.resolve())

@@ -7,14 +7,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from dinat_cli import heap, ops
+from dinat_cli import ops
+from dinat_cli.choices import SIZE_MULTIPLE
 from dinat_cli.model.attention import NeighborhoodAttention2D
 from dinat_cli.model.blocks import DualTransBlock
 from dinat_cli.model.layers import Downsample, PatchEmbed, Upsample
 from dinat_cli.model.pooling import tlc_kernel
-
-# The input must be divisible by this: three 2x pixel-unshuffles.
-SIZE_MULTIPLE = 8
 
 
 class RestoreDiNAT(nn.Module):
@@ -124,8 +122,6 @@ class RestoreDiNAT(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Restore `(B, inp_channels, H, W)` with H and W divisible by 8."""
-        if image.device.type == "cpu":
-            heap.keep_freed_memory()
         height, width = image.shape[-2:]
         if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
             raise ValueError(f"input {height}x{width} must have sides divisible by {SIZE_MULTIPLE}; pad it first")

@@ -12,9 +12,9 @@
 - `auto`: the fastest exact one available on the tensor's device: on CPU native, then
   compiled, then torch; on CUDA natten, then compiled, then torch.
 
-Compiled code lives in inductor's persistent cache under the user cache folder
-(`$XDG_CACHE_HOME/dinat/inductor`), unless `TORCHINDUCTOR_CACHE_DIR` is set, so a
-process pays the C++ compile once per machine, not once per run.
+Where compiled code is cached is the process owner's choice: the `dinat` command puts
+it in the user cache (`dinat_cli.process.configure_process`); this module sets no
+environment variable and no dynamo setting of the process.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import inspect
 import os
 import shutil
 import warnings
@@ -30,7 +31,7 @@ from typing import Any
 
 import torch
 
-from dinat_cli.choices import ATTENTION_BACKENDS
+from dinat_cli.choices import ATTENTION_BACKENDS, check_attention
 from dinat_cli.errors import UsageError
 
 BACKENDS = ATTENTION_BACKENDS
@@ -109,9 +110,7 @@ def available_backends(device: torch.device | str = "cpu") -> dict[str, str | No
 
 def validate_backend(name: str) -> str:
     """`name` itself if it is a backend name (available or not), else a UsageError."""
-    if name not in BACKENDS:
-        raise UsageError(f"--attention {name}: expected one of {', '.join(BACKENDS)}")
-    return name
+    return check_attention(name)
 
 
 # --- compilation ---------------------------------------------------------------------
@@ -137,26 +136,24 @@ def compiler_unavailable_reason(device_type: str) -> str | None:
     return f"torch.compile is not used on {device_type}"
 
 
-# Read at import: inductor writes its own default (a folder in /tmp) into the variable
-# the first time it looks, and that must not pass for the user's choice.
-_USER_CACHE_DIR = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+# Past dynamo's default limit (8 graphs per function) it would run the fused expression
+# eagerly, storing K*K copies of the keys; the network needs a graph per precision, for
+# one head and for several, and for square and oblong maps.
+RECOMPILE_LIMIT = 64
 
 
-def compile_cache_dir() -> str:
-    """Inductor's persistent cache folder: the user's choice, else ours in the user cache."""
-    from dinat_cli.registry import cache_dir
+def _compile(fn: Callable[..., Any], **options: Any) -> Callable[..., Any]:
+    """torch.compile `fn` with RECOMPILE_LIMIT for it alone, leaving the process's limit as it is."""
+    if "recompile_limit" in inspect.signature(torch.compile).parameters:
+        return torch.compile(fn, recompile_limit=RECOMPILE_LIMIT, **options)
+    compiled = torch.compile(fn, **options)
 
-    return _USER_CACHE_DIR or str(cache_dir() / "inductor")
+    def call(*args: Any, **kwargs: Any) -> Any:
+        # Before torch 2.12 the limit is the process's: raised for the duration of our calls only.
+        with torch._dynamo.config.patch(recompile_limit=max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)):
+            return compiled(*args, **kwargs)
 
-
-def _prepare_compiler() -> None:
-    # Inductor reads the variable at each cache access, so setting it before the first
-    # compile is enough.
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = compile_cache_dir()
-    # Past dynamo's limit (8 graphs per function) it would run the fused expression
-    # eagerly, storing K*K copies of the keys; the network needs a graph per precision,
-    # for one head and for several, and for square and oblong maps.
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    return call
 
 
 def _compile_errors() -> tuple[type[BaseException], ...]:
@@ -185,8 +182,7 @@ class Compiled:
         if self.failed:
             return fallback()
         if self._compiled is None:
-            _prepare_compiler()
-            self._compiled = torch.compile(self.fn, **self.options)
+            self._compiled = _compile(self.fn, **self.options)
         try:
             return self._compiled(*args, **kwargs)
         except _compile_errors() as error:
