@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,11 @@ OFFICIAL_DILATIONS = [36, 18, 9, 4]
 OFFICIAL_MODE = "hybrid"
 _COMMON_FFN_FACTORS = (2.66, 2.0, 4.0, 1.0, 2.5, 3.0)
 
+# A pickle of protocol 2 or later opens with PROTO; torch.save's legacy format opens with this
+# pickle of its magic number, its current format with a zip header.
+_PICKLE_PROTOCOL = b"\x80"
+_LEGACY_TORCH_HEAD = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+
 
 def read_state_dict(path: Path) -> tuple[StateDict, dict[str, Any] | None]:
     """Tensors of a `.pth`/`.pt`/`.safetensors` file, and the saved config if it has one."""
@@ -45,6 +51,11 @@ def read_state_dict(path: Path) -> tuple[StateDict, dict[str, Any] | None]:
         raise CheckpointError(f"{path}: the file is empty, not a checkpoint")
     if path.suffix.lower() == ".safetensors":
         return _read_safetensors(path)
+    if _is_raw_pickle(path):
+        raise CheckpointError(
+            f"{path}: refused, the file holds raw pickle data, which can carry code that runs when loaded; "
+            "dinat does not run it (use a torch.save checkpoint or a .safetensors file)"
+        )
     return _unwrap(_read_torch(path), path), None
 
 
@@ -138,9 +149,22 @@ def save_model(model: RestoreDiNAT, path: Path, metadata: Mapping[str, str] | No
     save_file(tensors, str(path), metadata=header)
 
 
+def _is_raw_pickle(path: Path) -> bool:
+    """Whether the file is a bare pickle (protocol 2 or later): not torch.save's zip, nor its legacy format."""
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(len(_LEGACY_TORCH_HEAD))
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot read ({error.strerror or error})") from None
+    return head.startswith(_PICKLE_PROTOCOL) and not head.startswith(_LEGACY_TORCH_HEAD)
+
+
 def _read_torch(path: Path) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # The safe unpickler warns about what it will refuse; the error below says it in one line.
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         # The safe unpickler names the callable it refused to import.
         if "Unsupported global" in str(error):

@@ -6,7 +6,8 @@ runs `batch.restore_file` on the files it is sent, writing into the shared outpu
 with the same atomic writes as a local run. A worker that dies loses only the files it
 had in flight: they are sent again, each alone on a worker so that a file that kills
 workers cannot take others down with it, and a file whose worker died `MAX_ATTEMPTS`
-times is reported failed. Ray restarts dead workers.
+times is reported failed. Ray restarts dead workers. A file that cannot be written because
+the output's file system is full or read-only stops the run, as a local one.
 
 Ray is optional (`pip install 'dinat-cli[ray]'`) and imported only when a run asks for it.
 """
@@ -28,7 +29,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from dinat_cli import batch
-from dinat_cli.errors import DinatError, UsageError
+from dinat_cli.errors import DinatError, StorageError, UsageError
 
 if TYPE_CHECKING:
     from dinat_cli.engine import Restorer
@@ -252,6 +253,8 @@ class WorkerPool:
         interrupted = False
         try:
             run.until_done()
+            if run.stopped is not None:
+                run.abandon()  # the files in flight cannot be written either
         except KeyboardInterrupt:
             interrupted = True
             run.abandon()
@@ -259,7 +262,8 @@ class WorkerPool:
             # Workers that died mid-write left hidden temporary files; nothing writes those outputs now.
             batch.remove_temporaries_of(run.lost)
         finished = [result for _, result in sorted(run.finished, key=lambda pair: pair[0])]
-        return batch.BatchResult(skipped + finished, time.perf_counter() - started, interrupted)
+        elapsed = time.perf_counter() - started
+        return batch.BatchResult(skipped + finished, elapsed, len(jobs), interrupted, run.stopped)
 
 
 @dataclass
@@ -271,6 +275,8 @@ class _Dispatch:
     fresh: deque[_Task]
     on_result: Callable[[batch.FileResult], None] | None
     finished: list[tuple[int, batch.FileResult]] = field(default_factory=list)
+    # Why the run stopped early: a worker found the output's file system full or read-only.
+    stopped: str | None = None
     # Jobs whose worker died with them in flight: their temporary files may remain.
     lost: list[batch.Job] = field(default_factory=list)
     _retry: deque[_Task] = field(default_factory=deque)
@@ -278,7 +284,7 @@ class _Dispatch:
     _pings: dict[Any, _Slot] = field(default_factory=dict)
 
     def until_done(self) -> None:
-        while self.fresh or self._retry or self._in_flight:
+        while (self.fresh or self._retry or self._in_flight) and self.stopped is None:
             self._dispatch()
             waiting = [*self._in_flight, *self._pings]
             if not waiting:
@@ -330,8 +336,13 @@ class _Dispatch:
         exceptions = self.ray.exceptions
         try:
             result = self.ray.get(ref)
-        except exceptions.RayTaskError as error:  # restore_file returns failures: this is a bug, not a file
-            result = batch.FileResult(task.job.name, str(task.job.output), "failed", error=_first_line(error))
+        except exceptions.RayTaskError as error:
+            if isinstance(error.cause, StorageError):
+                self.stopped = str(error.cause)
+                message = self.stopped
+            else:  # restore_file returns failures: this is a bug, not a file
+                message = _first_line(error)
+            result = batch.FileResult(task.job.name, str(task.job.output), "failed", error=message)
         except exceptions.RayError as error:
             # The worker (or its machine) died with this file in flight: the output is either
             # complete, or absent with a temporary file beside it.

@@ -19,3 +19,9 @@ class CheckpointError(DinatError):
     """A weights file that cannot be used with this network."""
 
     exit_code = 2
+
+
+class StorageError(DinatError):
+    """A file system that takes no more writes (full, over quota, read-only): a batch stops at once."""
+
+    exit_code = 2

@@ -15,7 +15,6 @@ import dataclasses
 import glob
 import io
 import os
-import secrets
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import numpy as np
 import tifffile
 from PIL import ExifTags, Image, TiffTags, UnidentifiedImageError
 
+from dinat_cli import files
 from dinat_cli.errors import DinatError, UsageError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp"})
@@ -41,8 +41,6 @@ DUAL_PIXEL_FOLDERS = (
     ("left", "right"),
     ("test_l/source", "test_r/source"),
 )
-
-_TEMP_MARKER = ".tmp-"
 
 _ORIENTATION = ExifTags.Base.Orientation
 _BITS_PER_SAMPLE = TiffTags.lookup(258).value
@@ -263,48 +261,7 @@ def write_image(image: DecodedImage, path: Path, *, quality: int = 95, lossless:
         data = encoder(image, quality=quality, lossless=lossless)
     except (OSError, ValueError, cv2.error) as exc:
         raise DinatError(f"{path}: cannot encode ({exc})") from exc
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _replace_atomically(path, data)
-    except OSError as exc:
-        raise DinatError(f"{path}: cannot write ({exc.strerror or exc})") from exc
-
-
-def _replace_atomically(path: Path, data: bytes) -> None:
-    """Write to a hidden temporary file beside path, then rename it over path.
-
-    The rename is atomic within a folder, so an interrupted run never leaves a partial image under
-    the final name. open(..., "xb") rather than tempfile keeps the usual umask permissions.
-    """
-    temp = path.with_name(f".{path.name}{_TEMP_MARKER}{secrets.token_hex(4)}")
-    try:
-        with open(temp, "xb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-
-
-def temporaries_of(output: Path) -> list[Path]:
-    """Temporary files that writes of output left behind (runs killed mid-write)."""
-    output = Path(output)
-    return [path for path in output.parent.glob(f".{glob.escape(output.name)}{_TEMP_MARKER}*") if path.is_file()]
-
-
-def remove_stale_temporaries(folder: Path) -> int:
-    """Delete temporary files a killed run (kill -9, power loss) left under folder; returns how many.
-
-    Only call it while holding the folder's lock: another run's files in flight look the same.
-    """
-    removed = 0
-    for path in Path(folder).rglob(f".*{_TEMP_MARKER}*"):
-        if path.is_file():
-            path.unlink(missing_ok=True)
-            removed += 1
-    return removed
+    files.write_atomically(path, data)
 
 
 def _encode_png(image: DecodedImage, **_: object) -> bytes:
@@ -433,7 +390,8 @@ def collect_inputs(input: str | Path, *, exclude: Path | None = None) -> list[In
     """Images named by INPUT: a file, a folder (walked recursively) or a glob pattern, sorted.
 
     Only IMAGE_EXTENSIONS count; hidden files and folders (our temporary files among them) are
-    skipped, and so is everything under exclude (an output folder inside the input folder).
+    skipped, and so is everything under exclude (an output folder inside the input folder; an
+    output folder that is the input folder, or holds it, excludes nothing).
     """
     text = str(input)
     root = Path(text)
@@ -449,25 +407,59 @@ def collect_inputs(input: str | Path, *, exclude: Path | None = None) -> list[In
         raise UsageError(f"{text}: no such file or folder")
     if exclude is not None:
         excluded = Path(exclude).resolve()
-        found = [item for item in found if not item.path.resolve().is_relative_to(excluded)]
+        if not input_root(text).resolve().is_relative_to(excluded):
+            found = [item for item in found if not item.path.resolve().is_relative_to(excluded)]
     if not found:
         raise UsageError(f"{text}: no images found ({_suffix_list()})")
     return found
 
 
+def input_root(input: str | Path) -> Path:
+    """The folder that INPUT's relative paths start from: the folder itself, a file's folder, a glob's fixed part."""
+    text = str(input)
+    root = Path(text)
+    if root.is_dir():
+        return root
+    if root.is_file() or not _has_glob_magic(text):
+        return root.parent
+    parts = root.parts
+    fixed = next((i for i, part in enumerate(parts) if _has_glob_magic(part)), len(parts))
+    return Path(*parts[:fixed]) if fixed else Path()
+
+
 def _walk_images(root: Path) -> Iterator[InputFile]:
-    for folder, subfolders, names in os.walk(root):
-        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+    """Images under root. Symlinked sub-folders are followed, and each folder is walked once: a
+    link into root is left to the real path, a link back to a folder already walked (a loop) is
+    not taken again."""
+    inside = root.resolve()
+    walked = {_identity(root)}
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        subfolders[:] = [
+            name for name in subfolders if not name.startswith(".") and _first_visit(Path(folder, name), inside, walked)
+        ]
         for name in names:
             if _is_visible_image(name):
                 path = Path(folder, name)
                 yield InputFile(path, path.relative_to(root))
 
 
+def _first_visit(folder: Path, root: Path, walked: set[tuple[int, int]]) -> bool:
+    if folder.is_symlink() and folder.resolve().is_relative_to(root):
+        return False
+    identity = _identity(folder)
+    if identity in walked:
+        return False
+    walked.add(identity)
+    return True
+
+
+def _identity(folder: Path) -> tuple[int, int]:
+    stat = folder.stat()
+    return stat.st_dev, stat.st_ino
+
+
 def _glob_images(pattern: str) -> list[InputFile]:
-    parts = Path(pattern).parts
-    fixed = next((i for i, part in enumerate(parts) if _has_glob_magic(part)), len(parts))
-    base = Path(*parts[:fixed]) if fixed else Path()
+    base = input_root(pattern)
     # glob skips hidden names unless a pattern spells the dot, so temporary files stay out
     matches = sorted({Path(p) for p in glob.glob(pattern, recursive=True)})
     return [

@@ -18,7 +18,6 @@ import http.client
 import json
 import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -29,6 +28,7 @@ from typing import Any, Literal
 
 from tqdm import tqdm
 
+from dinat_cli import files
 from dinat_cli.errors import CheckpointError, DinatError, UsageError
 
 REGISTRY_ENV = "DINAT_REGISTRY"
@@ -163,9 +163,12 @@ def cache_dir() -> Path:
 def sha256_file(path: Path) -> str:
     """Hash a file from disk (no cache)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(_CHUNK):
-            digest.update(chunk)
+    try:
+        with open(path, "rb") as stream:
+            while chunk := stream.read(_CHUNK):
+                digest.update(chunk)
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot read ({files.reason(error)})") from None
     return digest.hexdigest()
 
 
@@ -194,13 +197,9 @@ def _remember(path: Path, digest: str) -> None:
     verdicts = {key: value for key, value in _read_verdicts().items() if Path(key).exists()}
     verdicts[str(path)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
     # A read-only or full cache only costs a re-hash next time; it must not stop a restore.
-    with contextlib.suppress(OSError):
-        folder = cache_dir()
-        folder.mkdir(parents=True, exist_ok=True)
-        # Write then rename: parallel runs never read a half-written file.
-        with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as stream:
-            json.dump(verdicts, stream)
-        os.replace(stream.name, folder / _VERDICTS_FILE)
+    # Written atomically: parallel runs never read a half-written file.
+    with contextlib.suppress(DinatError):
+        files.write_atomically(cache_dir() / _VERDICTS_FILE, json.dumps(verdicts).encode("utf-8"))
 
 
 # --- identifying and locating files ----------------------------------------------
@@ -328,7 +327,7 @@ def download(entry: Entry, *, progress: bool = False) -> Path:
     if not entry.url:
         raise UsageError(f"{entry.name} ships with dinat, there is nothing to download; reinstall dinat")
     folder = cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
+    files.prepare_folder(folder, "cache folder")
     target = folder / entry.filename
     partial = target.with_name(target.name + ".part")
     try:
@@ -399,12 +398,14 @@ def import_file(path: Path, registry: Registry | None = None) -> tuple[Entry, Pa
     target = cache_dir() / verdict.entry.filename
     if target.exists() and target.samefile(path):
         return verdict.entry, target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    files.prepare_folder(target.parent, "cache folder")
     copy = target.with_name(target.name + ".import")
     try:
         # Copy beside the target then rename: a crash never leaves half a file under the real name.
         shutil.copyfile(path, copy)
         os.replace(copy, target)
+    except OSError as error:
+        raise files.write_failure(target, error) from None
     finally:
         copy.unlink(missing_ok=True)
     _remember(target.resolve(), verdict.sha256)

@@ -10,17 +10,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dinat_cli.errors import DinatError, UsageError
+from dinat_cli import files
+from dinat_cli.errors import UsageError
 
 REPORT_SUFFIXES = (".json", ".csv")
 
 
 def check_report_path(path: Path) -> None:
-    """Refuse an unsupported report type or a missing folder before any work starts."""
+    """Refuse an unsupported report type, or a folder that is missing or takes no file, before any work starts."""
     if path.suffix.lower() not in REPORT_SUFFIXES:
         raise UsageError(f"--report {path}: use a .csv or .json file name")
     if not path.parent.is_dir():
         raise UsageError(f"--report {path}: folder {path.parent} does not exist")
+    if path.is_dir():
+        raise UsageError(f"--report {path}: is a folder; name a file in it")
+    files.prepare_folder(path.parent, f"--report {path}: folder")
 
 
 def json_safe(value: Any) -> Any:
@@ -45,10 +49,7 @@ def write_report(path: Path, document: Mapping[str, Any], rows_key: str, summary
     before it as a line of its own, named by its key, a column per item as in the rows."""
     check_report_path(path)
     text = dumps_json(document) + "\n" if path.suffix.lower() == ".json" else _csv_text(document, rows_key, summary_key)
-    try:
-        path.write_text(text, encoding="utf-8")
-    except OSError as error:
-        raise DinatError(f"cannot write report {path}: {error.strerror or error}") from error
+    files.write_atomically(path, text.encode("utf-8"))
 
 
 def _csv_text(document: Mapping[str, Any], rows_key: str, summary_key: str) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pickle
+import warnings
 from pathlib import Path
 
 import pytest
@@ -210,6 +212,27 @@ def test_pickle_that_would_run_code_is_refused_and_not_run(tmp_path: Path) -> No
     with pytest.raises(CheckpointError, match="evil.pth: refused, the file holds Python objects"):
         load_model(path)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_a_raw_pickle_is_refused_as_code_carrying_and_not_run(tmp_path: Path, protocol: int) -> None:
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "weights.pkl"
+    path.write_bytes(pickle.dumps(_Payload(marker), protocol=protocol))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's own warnings must not reach the user either
+        with pytest.raises(
+            CheckpointError, match="weights.pkl: refused, the file holds raw pickle data, which can carry"
+        ):
+            load_model(path)
+    assert not marker.exists()
+
+
+def test_the_legacy_torch_format_is_not_taken_for_a_raw_pickle(tmp_path: Path) -> None:
+    model = _random_model()
+    path = tmp_path / "old.pth"
+    torch.save({"params": model.state_dict()}, path, _use_new_zipfile_serialization=False)
+    assert torch.equal(_output(load_model(path, tlc=False)), _output(model))
 
 
 def test_non_tensor_entries_are_reported(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import pytest
 import tifffile
 from PIL import ExifTags, Image, ImageCms, ImageOps
 
+from dinat_cli import files
 from dinat_cli import io as image_io
 from dinat_cli.errors import DinatError, UsageError
 from dinat_cli.io import (
@@ -41,7 +42,7 @@ def photo(seed: int = 0) -> np.ndarray:
 
 
 def leftover_temp_files(folder: Path) -> list[Path]:
-    return [path for path in folder.iterdir() if image_io._TEMP_MARKER in path.name]
+    return [path for path in folder.iterdir() if files.TEMP_MARKER in path.name]
 
 
 # --------------------------------------------------------------------------- round trips
@@ -535,6 +536,36 @@ def test_glob_input_is_relative_to_its_fixed_prefix(photo_tree: Path) -> None:
 
 def test_output_folder_inside_the_input_is_excluded(photo_tree: Path) -> None:
     assert relatives(collect_inputs(photo_tree, exclude=photo_tree / "sub")) == ["a.JPG", "b.png", "f.jpeg"]
+
+
+def test_an_output_folder_that_is_the_input_folder_or_holds_it_excludes_nothing(photo_tree: Path) -> None:
+    everything = relatives(collect_inputs(photo_tree))
+    assert relatives(collect_inputs(photo_tree, exclude=photo_tree)) == everything
+    assert relatives(collect_inputs(photo_tree / "sub", exclude=photo_tree)) == ["c.tif", "deeper/d.webp", "e.bmp"]
+    assert relatives(collect_inputs(f"{photo_tree}/*.png", exclude=photo_tree)) == ["b.png"]
+
+
+def test_symlinked_sub_folders_are_followed_once_and_loops_end(photo_tree: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "inner").mkdir(parents=True)
+    (elsewhere / "x.png").write_bytes(b"x")
+    (elsewhere / "inner" / "y.jpg").write_bytes(b"x")
+    (elsewhere / "inner" / "loop").symlink_to(elsewhere, target_is_directory=True)
+    (photo_tree / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (photo_tree / "again").symlink_to(photo_tree / "sub", target_is_directory=True)  # walked as sub/
+    (photo_tree / "sub" / "up").symlink_to(photo_tree, target_is_directory=True)  # a loop to the top
+    found = collect_inputs(photo_tree)
+    assert relatives(found) == [
+        "a.JPG",
+        "b.png",
+        "f.jpeg",
+        "linked/inner/y.jpg",
+        "linked/x.png",
+        "sub/c.tif",
+        "sub/deeper/d.webp",
+        "sub/e.bmp",
+    ]
+    assert all(item.path == photo_tree / item.relative for item in found)
 
 
 @pytest.mark.parametrize(

@@ -67,6 +67,34 @@ main()
 """
 
 
+# Run as a script, as DYING_DINAT: in every worker the disk is full from the third file on.
+FULL_DISK_DINAT = """
+import errno
+import os
+import sys
+from pathlib import Path
+
+from dinat_cli import distributed
+from dinat_cli.cli import main
+
+
+class FullDiskWorker(distributed._Worker):
+    def restore(self, job):
+        if job.name >= "f02.png":
+            os.replace = refuse
+        return super().restore(job)
+
+
+def refuse(source, target):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+distributed._Worker = FullDiskWorker
+sys.argv[0] = "dinat"
+main()
+"""
+
+
 @pytest.fixture(scope="module")
 def ray_installed() -> None:
     if importlib.util.find_spec("ray") is None:
@@ -136,7 +164,7 @@ def test_two_ray_workers_write_the_same_bytes_as_a_local_run(
     assert [row["name"] for row in document["files"]] == ["a.png", "b.png", "d.png", "sub/c.png"]
     lines = ray.stderr.strip().splitlines()
     assert lines[0].startswith("ray: 2 worker(s) on 1 machine(s)")
-    assert all(line.startswith(("done ", "restored ")) for line in lines[1:]), ray.stderr
+    assert all(re.match(r"done |\d+ planned: ", line) for line in lines[1:]), ray.stderr
 
 
 def test_workers_that_die_mid_run_lose_no_file_and_never_fake_one(
@@ -155,7 +183,7 @@ def test_workers_that_die_mid_run_lose_no_file_and_never_fake_one(
     assert (tmp_path / "died-once").exists()
     lines = result.stderr.strip().splitlines()  # dinat's lines only, none of Ray's
     assert lines[0].startswith("ray: 2 worker(s)") and result.stdout == ""
-    assert all(line.startswith(("done ", "failed ", "restored ")) for line in lines[1:]), result.stderr
+    assert all(re.match(r"done |failed |\d+ planned: ", line) for line in lines[1:]), result.stderr
 
     report = json.loads((tmp_path / "r.json").read_text())
     rows = {row["name"]: row for row in report["files"]}
@@ -168,6 +196,28 @@ def test_workers_that_die_mid_run_lose_no_file_and_never_fake_one(
 
     assert sorted(_outputs(out)) == sorted(names[:-1])
     assert all(cv2.imread(str(out / name), cv2.IMREAD_UNCHANGED) is not None for name in names[:-1])
+    assert not [path.name for path in out.iterdir() if ".tmp-" in path.name]
+
+
+def test_a_full_disk_stops_a_ray_run_as_a_local_one(tmp_path: Path, checkpoint: Path, ray_installed: None) -> None:
+    names = [f"f{index:02d}.png" for index in range(24)]
+    source, out = _folder(tmp_path / "in", names, size=(24, 32)), tmp_path / "out"
+    script = tmp_path / "full_disk_dinat.py"
+    script.write_text(FULL_DISK_DINAT)
+    result = run(
+        sys.executable, script, "denoise", "--weights", checkpoint, source, out, "--workers", "2", "--json",
+        *EAGER, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    summary = json.loads(result.stdout)["summary"]
+    assert summary["stopped"].endswith(": cannot write (No space left on device)")
+    assert [line for line in result.stderr.splitlines() if line.startswith("stopped")] == [
+        f"stopped: {summary['stopped']}; no later file could be written"
+    ]
+    assert summary["planned"] == 24 and summary["not_started"] > 0 and summary["done"] <= 2
+    assert summary["done"] + summary["failed"] + summary["not_started"] == 24
+    assert set(_outputs(out)) <= {"f00.png", "f01.png"}
     assert not [path.name for path in out.iterdir() if ".tmp-" in path.name]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -188,6 +189,27 @@ def test_check_tells_intact_damaged_and_unknown(tiny: registry.Entry, tmp_path: 
     assert registry.identify(unknown) is None
 
 
+def test_a_cache_that_cannot_be_written_leaves_no_temporary_file(
+    tiny: registry.Entry, tmp_path: Path, isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    isolated.mkdir(parents=True)
+    file = tmp_path / "a.pth"
+    file.write_bytes(PAYLOAD)
+
+    def full_disk(source: Path, target: Path) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    assert registry.checksum(file) == tiny.sha256  # the verdict is lost, the run goes on
+    assert list(isolated.iterdir()) == []
+
+
+@pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="no /proc on this system")
+def test_a_weights_file_that_cannot_be_read_is_one_line_naming_it() -> None:
+    with pytest.raises(CheckpointError, match=r"^/proc/\d+/mem: cannot read \(Input/output error\)$"):
+        registry.identify(Path("/proc/self/mem"))
+
+
 def test_select_follows_model_weights_and_task(tiny: registry.Entry, tmp_path: Path, isolated: Path) -> None:
     isolated.mkdir(parents=True)
     (isolated / tiny.filename).write_bytes(PAYLOAD)
@@ -274,4 +296,18 @@ def test_import_copies_a_verified_file_into_the_cache(tiny: registry.Entry, tmp_
     assert registry.import_file(isolated / tiny.filename) == (tiny, isolated / tiny.filename)
     source.write_bytes(b"something else")
     with pytest.raises(CheckpointError, match="not a known checkpoint"):
+        registry.import_file(source)
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="no /proc on this system")
+def test_a_cache_folder_that_cannot_be_made_is_one_line_naming_it(
+    tiny: registry.Entry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "net_g_latest.pth"
+    source.write_bytes(PAYLOAD)
+    monkeypatch.setenv("XDG_CACHE_HOME", "/proc/dinat-test-cache")  # nothing can be made there, even by root
+    expected = r"^cache folder /proc/dinat-test-cache/dinat: cannot create it \(No such file or directory\)$"
+    with pytest.raises(UsageError, match=expected):
+        registry.download(tiny)
+    with pytest.raises(UsageError, match=expected):
         registry.import_file(source)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import pickle
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -250,6 +252,138 @@ def test_bad_options_exit_2_with_one_line(tmp_path: Path, checkpoint: Path, args
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+# Under /proc no file or folder can be made, even by root (tests may run as root, where a
+# read-only permission stops nothing): the stand-in for a read-only file system.
+needs_proc = pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="no /proc on this system")
+
+
+@pytest.mark.parametrize(
+    "where, message",
+    [
+        pytest.param(
+            lambda source, tmp: ["/proc/dinat-test-out"],
+            "error: output folder /proc/dinat-test-out: cannot create it (No such file or directory)",
+            marks=needs_proc,
+            id="read-only-output",
+        ),
+        pytest.param(
+            lambda source, tmp: [tmp / "out", "--report", "/proc/dinat-test.json"],
+            "error: --report /proc/dinat-test.json: folder /proc: cannot write there (No such file or directory)",
+            marks=needs_proc,
+            id="read-only-report",
+        ),
+        pytest.param(
+            lambda source, tmp: [source / "img0.png"],
+            "error: {source}/img0.png is a file, not a folder: the outputs need a folder",
+            id="file-as-output-folder",
+        ),
+        pytest.param(
+            lambda source, tmp: [source],
+            "error: {source} is the input folder: the outputs would replace the inputs; add a --suffix",
+            id="input-folder-without-suffix",
+        ),
+    ],
+)
+def test_unusable_output_locations_exit_2_with_one_line_naming_them(
+    tmp_path: Path, checkpoint: Path, where, message: str
+) -> None:
+    source = _clean_folder(tmp_path / "in", count=2)
+    before = {path: path.read_bytes() for path in source.iterdir()}
+    result = run_cli("denoise", "--weights", checkpoint, source, *where(source, tmp_path))
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(message.format(source=source)), line
+    assert {path: path.read_bytes() for path in source.iterdir()} == before
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_input_folder_takes_suffixed_outputs_and_a_rerun_skips_them(tmp_path: Path, checkpoint: Path) -> None:
+    source = _clean_folder(tmp_path / "in", count=2)
+    first = run_cli("denoise", "--weights", checkpoint, source, source, "--suffix", "_dn", "--json")
+    assert first.returncode == 0, first.stderr
+    assert sorted(path.name for path in source.glob("*.png")) == ["img0.png", "img0_dn.png", "img1.png", "img1_dn.png"]
+    assert json.loads(first.stdout)["summary"]["done"] == 2
+    again = run_cli("denoise", "--weights", checkpoint, source, source, "--suffix", "_dn", "--json")
+    assert again.returncode == 0, again.stderr
+    summary = json.loads(again.stdout)["summary"]
+    assert (summary["planned"], summary["skipped"], summary["done"]) == (2, 2, 0)
+    assert not list(source.glob("*_dn_dn.png"))
+
+
+# Run as a script: the disk fills up once two outputs are written.
+FULL_DISK_DINAT = """
+import errno
+import os
+import sys
+from pathlib import Path
+
+from dinat_cli.cli import main
+
+replace = os.replace
+
+
+def full_from_the_third_file(source, target):
+    if Path(target).suffix == ".png" and Path(target).name >= "f02.png":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    replace(source, target)
+
+
+os.replace = full_from_the_third_file
+sys.argv[0] = "dinat"
+main()
+"""
+
+
+def test_a_full_disk_stops_the_run_with_one_line_and_the_summary(tmp_path: Path, checkpoint: Path) -> None:
+    source, out = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    rng = np.random.default_rng(4)
+    for index in range(12):
+        cv2.imwrite(str(source / f"f{index:02d}.png"), rng.integers(0, 256, (24, 32, 3), dtype=np.uint8))
+    script = tmp_path / "full_disk_dinat.py"
+    script.write_text(FULL_DISK_DINAT)
+    result = subprocess.run(
+        [sys.executable, script, "denoise", "--weights", checkpoint, source, out, "--json"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr
+    reason = f"{out}/f02.png: cannot write (No space left on device)"
+    lines = result.stderr.strip().splitlines()
+    assert f"failed  f02.png: {reason}" in lines and "Traceback" not in result.stderr
+    assert [line for line in lines if line.startswith("stopped")] == [
+        f"stopped: {reason}; no later file could be written"
+    ]
+    summary = json.loads(result.stdout)["summary"]
+    assert summary["stopped"] == reason and summary["planned"] == 12 and summary["done"] == 2
+    assert summary["not_started"] >= 12 - 7  # only the files read ahead went through the model
+    assert lines[-1].startswith(f"12 planned: restored 2, skipped 0, failed {summary['failed']}, not started ")
+    assert sorted(path.name for path in out.iterdir()) == [".dinat.lock", "f00.png", "f01.png"]
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_raw_pickle_is_refused_in_one_line_and_never_run(tmp_path: Path) -> None:
+    source = _clean_folder(tmp_path / "in", count=1)
+    marker, weights = tmp_path / "code_ran", tmp_path / "weights.pkl"
+    weights.write_bytes(pickle.dumps(_Payload(marker)))
+    result = run_cli("denoise", "--weights", weights, source, tmp_path / "out")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {weights}: refused, the file holds raw pickle data, which can carry code that runs when loaded; "
+        "dinat does not run it (use a torch.save checkpoint or a .safetensors file)"
+    ]
+    assert not marker.exists() and not (tmp_path / "out").exists()
 
 
 def test_a_file_that_is_not_a_checkpoint_exits_2(tmp_path: Path) -> None:

@@ -74,6 +74,20 @@ def test_shards_lock_side_by_side_but_refuse_a_whole_run_and_a_second_copy(tmp_p
         pass
 
 
+def test_shards_of_another_count_are_refused_while_one_holds_the_folder(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with batch.output_lock(out, Shard(0, 2)):
+        with (
+            pytest.raises(UsageError, match=r"shards of 2 are writing there, .*--shard 0/3.* use the same N"),
+            batch.output_lock(out, Shard(0, 3)),
+        ):
+            pass
+        with batch.output_lock(out, Shard(1, 2)):  # the same count still runs beside it
+            pass
+    with batch.output_lock(out, Shard(0, 3)):  # once the shards of 2 are done, 3 may go
+        pass
+
+
 def test_a_shard_removes_only_the_temporary_files_of_its_own_outputs(tmp_path: Path) -> None:
     names = _names(12)
     jobs = batch.plan_jobs(str(_touch_images(tmp_path / "in", names)), tmp_path / "out")

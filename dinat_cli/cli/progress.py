@@ -77,15 +77,18 @@ class RunDisplay:
             self._progress.update(self._task, advance=1, description=result.name)
 
     def summary(self, batch: BatchResult) -> None:
+        """The run in one line; a run stopped by a full or read-only disk says so even when quiet."""
+        if batch.stopped is not None:
+            self.console.print(f"stopped: {batch.stopped}; no later file could be written", markup=False)
         if self.quiet:
             return
         done = batch.count("done")
         line = (
-            f"restored {done}, skipped {batch.count('skipped')}, failed {batch.count('failed')} "
-            f"in {batch.elapsed:.1f} s"
+            f"{batch.planned} planned: restored {done}, skipped {batch.count('skipped')}, "
+            f"failed {batch.count('failed')}, not started {batch.not_started} in {batch.elapsed:.1f} s"
         )
-        if done:
-            line += f" ({done / batch.elapsed:.2f} images/s)"
+        if done and batch.elapsed:
+            line += f" ({_pace(done, batch.elapsed)})"
         if batch.retried:
             line += f"; {batch.retried} sent again after a Ray worker died"
         if batch.mean_scores:
@@ -93,3 +96,9 @@ class RunDisplay:
         if batch.interrupted:
             line = "interrupted: " + line
         self.console.print(line, markup=False)
+
+
+def _pace(done: int, seconds: float) -> str:
+    """Images per second, or seconds per image when that reads better (under one image a second)."""
+    rate = done / seconds
+    return f"{rate:.2f} images/s" if rate >= 1 else f"{seconds / done:.1f} s/image"

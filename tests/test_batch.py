@@ -1,0 +1,179 @@
+"""The local batch runner: the order files reach the model, and how a run that ends early is counted.
+
+A stand-in model returns its input and notes which file it was given (each file is one grey
+level), so these tests need no network and take no time.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+
+from dinat_cli import batch, files, io
+from dinat_cli.cli.progress import RunDisplay
+from dinat_cli.errors import StorageError, UsageError
+
+
+class StandInModel:
+    """Returns the image it gets; `seen` lists the files it got, by index; Ctrl-C on call `interrupt_at`."""
+
+    def __init__(self, interrupt_at: int | None = None) -> None:
+        self.seen: list[int] = []
+        self.interrupt_at = interrupt_at
+        self.last = SimpleNamespace(tile=None, precision="float32")
+
+    def restore(self, pixels: np.ndarray) -> np.ndarray:
+        self.seen.append(_index_of(pixels))
+        if len(self.seen) == self.interrupt_at:
+            raise KeyboardInterrupt  # as Ctrl-C arrives: on the main thread, in the model
+        return pixels
+
+
+def _level(index: int) -> int:
+    return 10 * index + 5
+
+
+def _index_of(pixels: np.ndarray) -> int:
+    return (round(float(pixels[0, 0, 0]) * 255) - 5) // 10
+
+
+def _inputs(root: Path, count: int) -> Path:
+    root.mkdir(parents=True)
+    for index in range(count):
+        cv2.imwrite(str(root / f"f{index:02d}.png"), np.full((8, 8, 3), _level(index), np.uint8))
+    return root
+
+
+def _summary(result: batch.BatchResult, capsys: pytest.CaptureFixture[str], *, quiet: bool = False) -> list[str]:
+    """The lines a run's display ends with (stderr is not a terminal here: plain lines)."""
+    capsys.readouterr()
+    RunDisplay(result.planned, quiet=quiet).summary(result)
+    return capsys.readouterr().err.splitlines()
+
+
+def test_files_reach_the_model_in_list_order_even_when_the_first_is_read_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs = batch.plan_jobs(str(_inputs(tmp_path / "in", 6)), tmp_path / "out")
+    read = io.read_image
+    others_read = threading.Semaphore(0)
+
+    def first_file_read_last(path: Path) -> io.DecodedImage:
+        if Path(path).name == "f00.png":
+            for _ in range(3):  # the files read ahead beside it
+                others_read.acquire()
+            time.sleep(0.2)  # and they have asked for the model
+        else:
+            others_read.release()
+        return read(path)
+
+    monkeypatch.setattr(io, "read_image", first_file_read_last)
+    model = StandInModel()
+    finished: list[str] = []
+    result = batch.run_batch(jobs, model, on_result=lambda item: finished.append(item.name))
+    assert model.seen == [0, 1, 2, 3, 4, 5]
+    assert finished == [f"f{index:02d}.png" for index in range(6)]
+    assert result.count("done") == 6 and result.exit_code == 0
+
+
+def test_ctrl_c_counts_planned_done_skipped_failed_and_not_started(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = _inputs(tmp_path / "in", 8)
+    (source / "f01.png").write_bytes(b"not a png")
+    jobs = batch.plan_jobs(str(source), tmp_path / "out")
+    files.write_atomically(jobs[7].output, b"an output of an earlier run")
+    result = batch.run_batch(jobs, StandInModel(interrupt_at=3))  # f00, f02, then Ctrl-C in f03
+    assert result.interrupted and result.exit_code == 130
+    assert sorted(item.name for item in result.results if item.status == "done") == ["f00.png", "f02.png"]
+    assert result.summary() | {"seconds": 0, "images_per_second": 0} == {
+        "planned": 8,
+        "done": 2,
+        "skipped": 1,
+        "failed": 1,
+        "not_started": 4,
+        "retried": 0,
+        "interrupted": True,
+        "stopped": None,
+        "seconds": 0,
+        "images_per_second": 0,
+        "mean": {},
+    }
+    [line] = _summary(result, capsys)
+    assert line.startswith("interrupted: 8 planned: restored 2, skipped 1, failed 1, not started 4 in ")
+
+
+def test_a_full_disk_stops_the_batch_at_the_first_file_it_cannot_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    jobs = batch.plan_jobs(str(_inputs(tmp_path / "in", 20)), tmp_path / "out")
+    replace = os.replace
+
+    def disk_full_from_the_third_file(source: Path, target: Path) -> None:
+        if Path(target).name >= "f02.png":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", disk_full_from_the_third_file)
+    model = StandInModel()
+    result = batch.run_batch(jobs, model, read_ahead=2)
+    # The files read ahead (two, one in the model, one being written) at most, not the 17 left.
+    assert len(model.seen) <= 3 + 4
+    assert result.stopped == f"{jobs[2].output}: cannot write (No space left on device)"
+    assert result.exit_code == StorageError.exit_code == 2
+    assert [item.status for item in result.results[:3]] == ["done", "done", "failed"]
+    assert result.count("done") == 2 and result.not_started >= 20 - 7
+    assert result.count("failed") + result.not_started == 18
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["f00.png", "f01.png"]
+    stop, summary = _summary(result, capsys)
+    assert stop == f"stopped: {jobs[2].output}: cannot write (No space left on device); no later file could be written"
+    failed, not_started = result.count("failed"), result.not_started
+    assert summary.startswith(f"20 planned: restored 2, skipped 0, failed {failed}, not started {not_started} in ")
+    assert _summary(result, capsys, quiet=True) == [stop]
+
+
+@pytest.mark.parametrize(
+    "done, seconds, pace",
+    [(2, 50.0, "(25.0 s/image)"), (3, 4.0, "(1.3 s/image)"), (10, 4.0, "(2.50 images/s)"), (4, 4.0, "(1.00 images/s)")],
+)
+def test_the_summary_gives_seconds_per_image_when_images_take_longer_than_a_second(
+    done: int, seconds: float, pace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = [batch.FileResult(f"{index}.png", f"out/{index}.png", "done", seconds / done) for index in range(done)]
+    [line] = _summary(batch.BatchResult(results, seconds, planned=done), capsys)
+    assert line == f"{done} planned: restored {done}, skipped 0, failed 0, not started 0 in {seconds:.1f} s {pace}"
+
+
+def test_the_input_folder_is_an_output_folder_with_a_suffix_and_its_outputs_are_not_inputs(tmp_path: Path) -> None:
+    source = _inputs(tmp_path / "in", 3)
+    with pytest.raises(UsageError, match="is the input folder: the outputs would replace the inputs; add a --suffix"):
+        batch.plan_jobs(str(source), source)
+    with pytest.raises(UsageError, match="is the input folder"):
+        batch.plan_jobs(str(source), source / ".." / "in", ext="jpg")
+    jobs = batch.plan_jobs(str(source), source, suffix="_dn")
+    assert [(job.name, job.output) for job in jobs] == [
+        (f"f{index:02d}.png", source / f"f{index:02d}_dn.png") for index in range(3)
+    ]
+    for job in jobs:  # as a first run leaves them
+        files.write_atomically(job.output, b"restored")
+    assert batch.plan_jobs(str(source), source, suffix="_dn") == jobs
+    assert batch.plan_jobs(f"{source}/*.png", source, suffix="_dn") == jobs
+
+
+@pytest.mark.parametrize("input_kind", ["folder", "glob", "one file"])
+def test_an_existing_file_is_refused_as_the_output_folder(tmp_path: Path, input_kind: str) -> None:
+    source = _inputs(tmp_path / "in", 2)
+    given = {"folder": str(source), "glob": f"{source}/*.png", "one file": str(source / "f00.png")}[input_kind]
+    existing = tmp_path / "notes.txt"
+    existing.write_text("mine")
+    with pytest.raises(UsageError, match=r"notes\.txt is a file, not a folder: the outputs need a folder"):
+        batch.plan_jobs(given, existing)
+    assert existing.read_text() == "mine"
