@@ -52,7 +52,8 @@ KINDS = ("attention", "projections", "feed-forward", "gate", "layer norm", "modu
 class Profile:
     """Exclusive wall time and work (FLOPs or bytes) per kind, from nested wrapped calls."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
         self.seconds: dict[str, float] = defaultdict(float)
         self.work: dict[str, float] = defaultdict(float)
         self._stack: list[list[float]] = []  # per open call: [start, time spent in wrapped callees]
@@ -60,12 +61,12 @@ class Profile:
     def wrap(self, kind: str, function: Callable, work: Callable[..., float]) -> Callable:
         @functools.wraps(function)
         def timed(*args: object, **kwargs: object) -> object:
-            self._stack.append([time.perf_counter(), 0.0])
+            self._stack.append([self.clock(), 0.0])
             try:
                 return function(*args, **kwargs)
             finally:
                 start, inner = self._stack.pop()
-                elapsed = time.perf_counter() - start
+                elapsed = self.clock() - start
                 self.seconds[kind] += elapsed - inner
                 self.work[kind] += work(*args, **kwargs)
                 if self._stack:

@@ -70,3 +70,14 @@ def test_unknown_configuration_or_variant_is_one_clear_error(official, monkeypat
     )
     with pytest.raises(SystemExit, match=message):
         runpy.run_path(str(BENCH), run_name="__main__")
+
+
+def test_profile_counts_each_kind_exclusive_of_the_kinds_it_calls() -> None:
+    profile_network = runpy.run_path(str(BENCH.parent / "profile_network.py"))
+    ticks = iter(range(100))
+    profile = profile_network["Profile"](clock=lambda: float(next(ticks)))
+    inner = profile.wrap("attention", lambda: None, lambda: 10.0)
+    outer = profile.wrap("other", lambda: [inner(), inner()], lambda: 0.0)
+    outer()  # clock: outer starts 0, inner 1-2 and 3-4, outer ends 5
+    assert dict(profile.seconds) == {"attention": 2.0, "other": 3.0}
+    assert profile.work["attention"] == 20.0
