@@ -7,10 +7,12 @@ import json
 import pytest
 import torch
 
+from dinat_cli import ops
 from dinat_cli.model import RestoreDiNAT
 from dinat_cli.model.attention import NeighborhoodAttention2D
 from dinat_cli.model.blocks import TransBlock, _band_matrix
 from dinat_cli.model.layers import FeedForward
+from dinat_cli.ops import native
 
 MODEL_FILES = ["model_std_global", "model_std_tlc", "model_dualpixel_tlc", "model_nochan_custom"]
 
@@ -112,3 +114,33 @@ def test_a_model_made_under_inference_mode_runs() -> None:
     with torch.inference_mode():
         assert not torch.equal(first, second)
         assert (second - plain(x)).abs().max().item() <= 1e-5
+
+
+def test_the_network_trains_through_its_pytorch_expressions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tools/train_lite.py trains with kernels off and torch attention (the kernels compute forward passes only).
+
+    The feed-forward adds its residual band by band and the channel filter is a band matrix
+    kept between calls: both must carry exact gradients, and every parameter must get one.
+    """
+    monkeypatch.setattr(FeedForward, "band_pixels", 8 * 6)  # bands of 8 rows: 8, 8 and 4
+    torch.manual_seed(6)
+    block = TransBlock(8, 2, 3, 2, 2.66, False, "WithBias", True, None).double()
+    x = torch.randn(1, 8, 20, 6, dtype=torch.float64, requires_grad=True)
+    with native.use_variant("off"):
+        # gradcheck perturbs the parameters in place; the function reads them from the module.
+        assert torch.autograd.gradcheck(
+            lambda x, *_: block.ffn.add_to(x, block.norm2), (x, *block.ffn.parameters()), fast_mode=True
+        )
+        taps = torch.randn(7, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda taps: x.detach() @ _band_matrix(taps, 6), (taps,))
+        model = RestoreDiNAT(
+            dim=8,
+            num_blocks=[1, 1, 1, 1],
+            num_refinement_blocks=1,
+            dilations=[4, 2, 1, 1],
+            kernel_size=3,
+            chan_adapt=True,
+        )
+        with ops.use_backend("torch"):
+            model(torch.rand(2, 3, 32, 32)).square().mean().backward()
+    assert [name for name, p in model.named_parameters() if p.grad is None or not p.grad.any()] == []

@@ -62,10 +62,12 @@ class TransBlock(nn.Module):
     def _channel_filter(self, channels: int, dtype: torch.dtype) -> torch.Tensor:
         """The filter's band matrix, kept while the weight is unchanged (building it is ten small operations)."""
         weight = self.conv.weight
+        if torch.is_grad_enabled() and weight.requires_grad:  # training: the matrix carries the gradient
+            return _band_matrix(weight.reshape(7), channels).to(dtype)
         key = version_key(weight)
         key = None if key is None else (key, channels, dtype, weight.device)
         if key is None or self._filter is None or self._filter[0] != key:
-            self._filter = (key, _band_matrix(weight.reshape(7), channels).to(dtype))
+            self._filter = (key, _band_matrix(weight.detach().reshape(7), channels).to(dtype))
         return self._filter[1]
 
 
@@ -75,7 +77,7 @@ def _band_matrix(taps: torch.Tensor, channels: int) -> torch.Tensor:
     index = torch.arange(channels, device=taps.device)
     offsets = index[:, None] - index[None, :] + radius  # input - output + radius
     inside = (offsets >= 0) & (offsets < taps.shape[0])
-    return torch.where(inside, taps.detach()[offsets.clamp(0, taps.shape[0] - 1)], taps.new_zeros(()))
+    return torch.where(inside, taps[offsets.clamp(0, taps.shape[0] - 1)], taps.new_zeros(()))
 
 
 class DualTransBlock(nn.Module):

@@ -98,7 +98,9 @@ class FeedForward(nn.Module):
                 computed = last
             gated = ops.gated_dwconv_gelu(blocks, dwconv, dwconv_bias, top - first, bottom - top)
             result = F.conv2d(gated, project_out, self.project_out.bias)
-            if residual:
+            if residual and result.requires_grad:  # training: out= records no gradient
+                out[:, :, top:bottom] = x[:, :, top:bottom] + result
+            elif residual:
                 torch.add(x[:, :, top:bottom], result, out=out[:, :, top:bottom])
             else:
                 out[:, :, top:bottom] = result

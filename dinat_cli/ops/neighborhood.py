@@ -63,16 +63,20 @@ def attend_band(
     `q` is `(B, heads, R, W, D)`; `key_rows` `(R, K)` and `key_cols` `(W, K)` hold key
     positions; `bias` is `(heads, R, W, K, K)` or None.
     """
-    rows = key_rows[:, None, :, None]
-    cols = key_cols[None, :, None, :]
-    keys = k[:, :, rows, cols].flatten(-3, -2)  # (B, heads, R, W, K*K, D)
-    logits = torch.einsum("bhrwd,bhrwnd->bhrwn", q, keys)
+    # Flat key positions, gathered with index_select: its gradient (an index_add) costs a
+    # third of advanced indexing's (an accumulating index_put) when training.
+    positions = (key_rows[:, None, :, None] * k.shape[3] + key_cols[None, :, None, :]).flatten()
+    window = (*q.shape[:4], key_rows.shape[1] * key_cols.shape[1])
+
+    def gather(x: torch.Tensor) -> torch.Tensor:  # (B, heads, R, W, K*K, D)
+        return x.flatten(2, 3).index_select(2, positions).view(*window, x.shape[-1])
+
+    logits = torch.einsum("bhrwd,bhrwnd->bhrwn", q, gather(k))
     if bias is not None:
         logits = logits + bias.flatten(-2)
     # Half-precision softmax over 49 terms loses digits; accumulate in float32.
     attn = logits.float().softmax(dim=-1).to(v.dtype)
-    values = v[:, :, rows, cols].flatten(-3, -2)
-    return torch.einsum("bhrwn,bhrwnd->bhrwd", attn, values)
+    return torch.einsum("bhrwn,bhrwnd->bhrwd", attn, gather(v))
 
 
 def check_inputs(
