@@ -24,23 +24,18 @@ import time
 import torch
 
 from dinat_cli import registry
-from dinat_cli.cli.bench import OFFICIAL_CONFIG, parse_size
+from dinat_cli.checkpoints import describe
+from dinat_cli.cli.bench import parse_size
 from dinat_cli.engine import Restorer
 from dinat_cli.model import RestoreDiNAT
+from dinat_cli.model.variants import OFFICIAL_CONFIG
 from dinat_cli.process import configure_process
 
 
 def build(name: str, precision: str) -> Restorer:
     if name == "official":
-        return Restorer(RestoreDiNAT(**OFFICIAL_CONFIG, tlc=True), device="cpu", precision=precision)
-    entry = registry.get(name)
-    return Restorer.from_weights(
-        registry.resolve(name),
-        dilations=entry.config.get("dilations"),
-        mode=entry.config.get("mode"),
-        device="cpu",
-        precision=precision,
-    )
+        return Restorer(describe(RestoreDiNAT(**OFFICIAL_CONFIG, tlc=True)), device="cpu", precision=precision)
+    return Restorer.from_weights(registry.resolve(name), variant=name, device="cpu", precision=precision)
 
 
 def seconds(restorer: Restorer, image: torch.Tensor, tile: int, repeat: int) -> float:

@@ -396,7 +396,9 @@ def _smoke_test() -> SmokeTestInfo:
             dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 1, 1], dilations=[1, 1, 1, 1]
         )
         image = torch.rand(1, 3, SMOKE_SIZE, SMOKE_SIZE)
-    restorer = Restorer(model, device="cpu", precision="fp32", tile=0)
+    from dinat_cli.checkpoints import describe
+
+    restorer = Restorer(describe(model), device="cpu", precision="fp32", tile=0)
     info.attention = restorer.attention
     try:
         result = restorer.restore_tensor(image)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dinat_cli import checkpoints, cpu, ops, tile_choice
+from dinat_cli import cpu, ops, tile_choice
 from dinat_cli.choices import (
     DEFAULT_TILE_OVERLAP,
     MIN_TILE,
@@ -24,16 +24,12 @@ from dinat_cli.choices import (
     check_tile_overlap,
     parse_tile,
 )
+from dinat_cli.descriptor import ModelDescriptor
 from dinat_cli.errors import DinatError, UsageError
-from dinat_cli.model import SIZE_MULTIPLE
 from dinat_cli.tiling import run_tiled, tile_grid
 
 DEFAULT_OVERLAP = DEFAULT_TILE_OVERLAP
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# Peak working memory of the official-size network (dim 48) per input pixel in float32:
-# measured 11.7 KB at 256x256 and 11.0 KB at 512x512 (peak RSS above the loaded model).
-# Assumed to scale with the width and to halve in 16-bit formats.
-_BYTES_PER_PIXEL_DIM48 = 12_000
 _MEMORY_SHARE = {"cuda": 0.7, "cpu": 0.5, "mps": 0.5}
 
 
@@ -101,7 +97,7 @@ class Restorer:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        descriptor: ModelDescriptor,
         *,
         device: str | torch.device = "auto",
         precision: str = "auto",
@@ -113,20 +109,17 @@ class Restorer:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         # A backend that cannot run here (no compiler, no CUDA) fails now, before any work.
         self.attention = ops.resolve_backend(attention, self.device)
-        if hasattr(model, "set_attention"):
-            model.set_attention(None if attention == "auto" else attention)
+        descriptor.set_kernels(None if attention == "auto" else attention)
         self.dtype = resolve_precision(precision, self.device)
         self.precision_note = precision_fallback(precision, self.device)
         self.tile = parse_tile(tile)
         check_tile_overlap(tile_overlap, self.tile)
         self.tile_overlap = tile_overlap
         self.batch_size = max(1, batch_size)
-        self.model = model.to(self.device).eval()
-        config = getattr(model, "config", {})
-        self.in_channels = int(config.get("inp_channels", 3))
-        self.out_channels = int(config.get("out_channels", 3))
-        self._bytes_per_pixel = _BYTES_PER_PIXEL_DIM48 * int(config.get("dim", 48)) / 48
-        self._channels = int(config.get("dim", 48))
+        self.descriptor = descriptor
+        self.model = descriptor.model.to(self.device).eval()
+        self.in_channels = descriptor.in_channels
+        self.out_channels = descriptor.out_channels
         self.last = RestoreStats()
 
     @classmethod
@@ -134,14 +127,14 @@ class Restorer:
         cls,
         path: Path | str,
         *,
-        dilations: list[int] | None = None,
-        mode: str | None = None,
+        variant: str | None = None,
         tlc: bool = True,
         **options: object,
     ) -> Restorer:
         """Load a weights file (`.pth` in any BasicSR layout, or our `.safetensors`)."""
-        model = checkpoints.load_model(Path(path), dilations=dilations, mode=mode, tlc=tlc)
-        return cls(model, **options)
+        from dinat_cli import checkpoints
+
+        return cls(checkpoints.load(Path(path), variant=variant, tlc=tlc), **options)
 
     def restore(self, image: np.ndarray) -> np.ndarray:
         """Restore float32 `(H, W, C)` in [0, 1]; returns float32 `(H, W, out_channels)`, not clipped."""
@@ -186,19 +179,20 @@ class Restorer:
         `within_memory`, only the ways that fit in the free-memory budget, and where none
         does, the largest square tile that does.
         """
-        grids = tile_choice.plans(height, width, self.tile_overlap, SIZE_MULTIPLE)
+        multiple = self.descriptor.size_multiple
+        grids = tile_choice.plans(height, width, self.tile_overlap, multiple)
         if within_memory:
-            per_pixel = self._bytes_per_pixel * (0.5 if self.dtype != torch.float32 else 1.0) * self.batch_size
+            per_pixel = self.descriptor.bytes_per_pixel * (0.5 if self.dtype != torch.float32 else 1.0)
+            per_pixel *= self.batch_size
             budget = free_memory(self.device) * _MEMORY_SHARE.get(self.device.type, 0.5)
             if grids[0].height * grids[0].width * per_pixel > budget:
                 side = int(math.sqrt(budget / per_pixel))
-                largest = max(MIN_TILE, side - side % SIZE_MULTIPLE)
+                largest = max(MIN_TILE, side - side % multiple)
                 grids = {tile: grid for tile, grid in grids.items() if 0 < tile <= largest}
-                grids = grids or {largest: tile_grid(height, width, largest, self.tile_overlap, SIZE_MULTIPLE)}
+                grids = grids or {largest: tile_grid(height, width, largest, self.tile_overlap, multiple)}
         element_size = 4 if self.dtype == torch.float32 else 2
-        return {
-            tile: tile_choice.cost(grid, self._channels, element_size, self.device.type) for tile, grid in grids.items()
-        }
+        width = self.descriptor.width
+        return {tile: tile_choice.cost(grid, width, element_size, self.device.type) for tile, grid in grids.items()}
 
     def _smaller_tile(self, tile: int, shape: torch.Size) -> int:
         with contextlib.suppress(Exception):
@@ -208,11 +202,11 @@ class Restorer:
         if current <= MIN_TILE:
             raise DinatError(f"out of memory on {self.device} even with {MIN_TILE} px tiles")
         smaller = max(MIN_TILE, current // 2)
-        return smaller - smaller % SIZE_MULTIPLE
+        return smaller - smaller % self.descriptor.size_multiple
 
     def _run(self, x: torch.Tensor, tile: int | None, dtype: torch.dtype) -> torch.Tensor:
         with torch.inference_mode(), _precision(self.device, dtype):
-            return run_tiled(self.model, x, tile, self.tile_overlap, SIZE_MULTIPLE, self.batch_size)
+            return run_tiled(self.model, x, tile, self.tile_overlap, self.descriptor.size_multiple, self.batch_size)
 
 
 def _precision(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:

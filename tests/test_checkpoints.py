@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from dinat_cli.checkpoints import infer_config, load_model, read_state_dict, save_model
+from dinat_cli.checkpoints import describe, infer_config, load, read_state_dict, save_model
 from dinat_cli.errors import CheckpointError
 from dinat_cli.model import RestoreDiNAT
+from dinat_cli.model.variants import OFFICIAL_CONFIG, get_variant
 
 SMALL = dict(dim=8, num_blocks=[1, 2, 1, 1], num_refinement_blocks=1, heads=[1, 2, 2, 4], chan_adapt=True)
 
@@ -48,7 +49,7 @@ def test_basicsr_layouts_load_with_identical_outputs(tmp_path: Path, layout) -> 
     model = _random_model()
     path = tmp_path / "net_g_latest.pth"
     torch.save(layout(model.state_dict()), path)
-    loaded = load_model(path, tlc=False)
+    loaded = load(path, tlc=False).model
     assert torch.equal(_output(loaded), _output(model))
 
 
@@ -107,9 +108,35 @@ def test_dilations_and_mode_can_be_overridden(tmp_path: Path) -> None:
     model = _random_model(dilations=[8, 4, 2, 1], mode="local_only")
     path = tmp_path / "custom.pth"
     torch.save({"params": model.state_dict()}, path)
-    assert not torch.equal(_output(load_model(path, tlc=False)), _output(model))  # defaults differ
-    loaded = load_model(path, dilations=[8, 4, 2, 1], mode="local_only", tlc=False)
+    assert not torch.equal(_output(load(path, tlc=False).model), _output(model))  # defaults differ
+    loaded = load(path, dilations=[8, 4, 2, 1], mode="local_only", tlc=False).model
     assert torch.equal(_output(loaded), _output(model))
+
+
+def test_a_registered_variant_gives_a_pth_its_configuration(tmp_path: Path) -> None:
+    """A .pth carries no dilations, mode or window: the variant the registry names for the file does."""
+    config = get_variant("lite-denoise").config
+    torch.manual_seed(0)
+    model = RestoreDiNAT(**config).eval()
+    path = tmp_path / "lite.pth"
+    torch.save({"params": model.state_dict()}, path)
+    described = load(path, variant="lite-denoise", tlc=False)
+    assert described.model.config == model.config
+    assert (described.variant, described.task) == ("lite-denoise", "denoise")
+    assert torch.equal(_output(described.model), _output(model))
+    guessed = load(path, tlc=False).model  # read from the tensors: the official dilations
+    assert guessed.config["dilations"] == list(OFFICIAL_CONFIG["dilations"]) != model.config["dilations"]
+
+
+def test_the_descriptor_tells_the_engine_what_it_needs(tmp_path: Path) -> None:
+    official = describe(RestoreDiNAT(**OFFICIAL_CONFIG))
+    assert (official.in_channels, official.out_channels, official.size_multiple, official.width) == (3, 3, 8, 48)
+    # The widest attention span: 7 x 36 px at level 1, 7 x 18 x 2 at level 2, ...
+    assert official.min_exact_tile == 256 and "252 px" in official.min_tile_reason
+    dual_pixel = describe(RestoreDiNAT(**get_variant("dpdd").config), "dpdd")
+    assert (dual_pixel.in_channels, dual_pixel.task) == (6, "defocus")
+    lite = describe(RestoreDiNAT(**get_variant("lite-denoise").config))
+    assert lite.min_exact_tile == 40 and lite.bytes_per_pixel == official.bytes_per_pixel / 3
 
 
 def test_safetensors_round_trip_keeps_the_full_configuration(tmp_path: Path) -> None:
@@ -118,7 +145,7 @@ def test_safetensors_round_trip_keeps_the_full_configuration(tmp_path: Path) -> 
     save_model(model, path, metadata={"description": "test"})
     _tensors, config = read_state_dict(path)
     assert config == model.config
-    loaded = load_model(path, tlc=False)
+    loaded = load(path, tlc=False).model
     assert loaded.config == model.config
     assert torch.equal(_output(loaded), _output(model))
 
@@ -126,8 +153,8 @@ def test_safetensors_round_trip_keeps_the_full_configuration(tmp_path: Path) -> 
 def test_tlc_flag_is_the_callers_choice(tmp_path: Path) -> None:
     path = tmp_path / "m.pth"
     torch.save({"params": _random_model().state_dict()}, path)
-    assert load_model(path).tlc is True
-    assert load_model(path, tlc=False).tlc is False
+    assert load(path).model.tlc is True
+    assert load(path, tlc=False).model.tlc is False
 
 
 # ---- files that do not fit: one clear error naming the problem -------------------
@@ -142,27 +169,27 @@ def test_unknown_keys_are_named(tmp_path: Path) -> None:
     state = _random_model().state_dict()
     state["encoder_level1.0.attn.temperature"] = torch.ones(1, 1, 1)  # a Restormer key
     with pytest.raises(CheckpointError, match=r"unknown keys encoder_level1\.0\.attn\.temperature"):
-        load_model(_save_params(tmp_path / "x.pth", state))
+        load(_save_params(tmp_path / "x.pth", state))
 
 
 def test_missing_keys_are_named(tmp_path: Path) -> None:
     state = _random_model().state_dict()
     del state["decoder_level2.0.globl.ffn.dwconv.weight"]
     with pytest.raises(CheckpointError, match=r"missing keys decoder_level2\.0\.globl\.ffn\.dwconv\.weight"):
-        load_model(_save_params(tmp_path / "x.pth", state))
+        load(_save_params(tmp_path / "x.pth", state))
 
 
 def test_wrong_shapes_are_named(tmp_path: Path) -> None:
     state = _random_model().state_dict()
     state["latent.0.local.na2d.proj.weight"] = torch.zeros(64, 63)
     with pytest.raises(CheckpointError, match=r"wrong shapes latent\.0\.local\.na2d\.proj\.weight \(64, 63\)"):
-        load_model(_save_params(tmp_path / "x.pth", state))
+        load(_save_params(tmp_path / "x.pth", state))
 
 
 def test_other_networks_are_not_mistaken_for_dinat(tmp_path: Path) -> None:
     state = {"conv_first.weight": torch.zeros(64, 3, 3, 3)}
     with pytest.raises(CheckpointError, match="not a DiNAT-IR checkpoint: missing patch_embed.proj.weight"):
-        load_model(_save_params(tmp_path / "esrgan.pth", state))
+        load(_save_params(tmp_path / "esrgan.pth", state))
 
 
 def test_truncated_pth_is_reported(tmp_path: Path) -> None:
@@ -170,7 +197,7 @@ def test_truncated_pth_is_reported(tmp_path: Path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="cut.pth: truncated or damaged"):
-        load_model(path)
+        load(path)
 
 
 def test_truncated_safetensors_is_reported(tmp_path: Path) -> None:
@@ -179,7 +206,7 @@ def test_truncated_safetensors_is_reported(tmp_path: Path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="cut.safetensors: truncated or damaged"):
-        load_model(path)
+        load(path)
 
 
 @pytest.mark.parametrize(
@@ -189,12 +216,12 @@ def test_non_checkpoints_are_reported(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "weights.pth"
     path.write_bytes(content)
     with pytest.raises(CheckpointError, match="weights.pth: .*(empty|not a PyTorch|truncated)"):
-        load_model(path)
+        load(path)
 
 
 def test_missing_file_is_reported(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="no such weights file"):
-        load_model(tmp_path / "absent.pth")
+        load(tmp_path / "absent.pth")
 
 
 class _Payload:
@@ -210,7 +237,7 @@ def test_pickle_that_would_run_code_is_refused_and_not_run(tmp_path: Path) -> No
     path = tmp_path / "evil.pth"
     torch.save({"params": _random_model().state_dict(), "extra": _Payload(marker)}, path)
     with pytest.raises(CheckpointError, match="evil.pth: refused, the file holds Python objects"):
-        load_model(path)
+        load(path)
     assert not marker.exists()
 
 
@@ -224,7 +251,7 @@ def test_a_raw_pickle_is_refused_as_code_carrying_and_not_run(tmp_path: Path, pr
         with pytest.raises(
             CheckpointError, match="weights.pkl: refused, the file holds raw pickle data, which can carry"
         ):
-            load_model(path)
+            load(path)
     assert not marker.exists()
 
 
@@ -232,11 +259,11 @@ def test_the_legacy_torch_format_is_not_taken_for_a_raw_pickle(tmp_path: Path) -
     model = _random_model()
     path = tmp_path / "old.pth"
     torch.save({"params": model.state_dict()}, path, _use_new_zipfile_serialization=False)
-    assert torch.equal(_output(load_model(path, tlc=False)), _output(model))
+    assert torch.equal(_output(load(path, tlc=False).model), _output(model))
 
 
 def test_non_tensor_entries_are_reported(tmp_path: Path) -> None:
     path = tmp_path / "odd.pth"
     torch.save({"params": {"patch_embed.proj.weight": [1, 2, 3]}}, path)
     with pytest.raises(CheckpointError, match="not tensors: patch_embed.proj.weight"):
-        load_model(path)
+        load(path)

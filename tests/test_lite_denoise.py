@@ -49,9 +49,7 @@ def scores(tmp_path_factory: pytest.TempPathFactory) -> list[train_lite.HeldOutS
         patch.delenv(registry.REGISTRY_ENV, raising=False)
         path, entry = registry.select("denoise", model="lite-denoise")
     assert entry is not None and path.parent == registry.registry_dir()
-    restorer = Restorer.from_weights(
-        path, dilations=entry.config["dilations"], mode=entry.config["mode"], device="cpu", precision="fp32"
-    )
+    restorer = Restorer.from_weights(path, variant=entry.name, device="cpu", precision="fp32")
     return train_lite.held_out_scores(restorer, EXAMPLES, with_nlm=True)
 
 

@@ -44,10 +44,11 @@ import numpy as np
 import torch
 
 from dinat_cli import metrics, ops
-from dinat_cli.checkpoints import save_model
+from dinat_cli.checkpoints import describe, save_model
 from dinat_cli.engine import Restorer
 from dinat_cli.io import read_image
 from dinat_cli.model import RestoreDiNAT
+from dinat_cli.model.variants import get_variant
 from dinat_cli.ops import native
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,24 +84,7 @@ EXAMPLE_SIGMA = 25.0
 EXAMPLE_SEED = 25
 MAX_SIGMA = 50.0
 
-# Small enough for CPU training, and every attention span fits a 64 px crop with no
-# padding: K * dilation = 40, 20, 10, 5 against features of 64, 32, 16, 8 pixels.
-CONFIG = dict(
-    inp_channels=3,
-    out_channels=3,
-    dim=16,
-    num_blocks=[1, 1, 1, 1],
-    num_refinement_blocks=1,
-    heads=[1, 2, 4, 8],
-    dilations=[8, 4, 2, 1],
-    ffn_expansion_factor=2.66,
-    bias=False,
-    LayerNorm_type="WithBias",
-    chan_adapt=True,
-    mode="hybrid",
-    dual_pixel_task=False,
-    kernel_size=5,
-)
+CONFIG = dict(get_variant("lite-denoise").config)
 
 log = logging.getLogger("train_lite")
 
@@ -246,7 +230,7 @@ def held_out_scores(restorer: Restorer, examples: Path, with_nlm: bool = False) 
 
 def held_out_psnr(model: RestoreDiNAT, examples: Path) -> list[HeldOutScore]:
     """The model's scores on the examples, in the middle of training."""
-    restorer = Restorer(model, device=next(model.parameters()).device, precision="fp32", tile=0)
+    restorer = Restorer(describe(model), device=next(model.parameters()).device, precision="fp32", tile=0)
     scores = held_out_scores(restorer, examples)
     model.train()
     return scores
@@ -254,9 +238,7 @@ def held_out_psnr(model: RestoreDiNAT, examples: Path) -> list[HeldOutScore]:
 
 def table(weights: Path, examples: Path) -> str:
     """README's table: PSNR on the held-out examples, noisy, OpenCV NLM at its best, and these weights."""
-    restorer = Restorer.from_weights(
-        weights, dilations=CONFIG["dilations"], mode=CONFIG["mode"], device="cpu", precision="fp32"
-    )
+    restorer = Restorer.from_weights(weights, variant="lite-denoise", device="cpu", precision="fp32")
     scores = held_out_scores(restorer, examples, with_nlm=True)
     lines = ["| image | noisy | OpenCV NLM (best h) | lite-denoise |", "|---|---|---|---|"]
     for grey in (False, True):

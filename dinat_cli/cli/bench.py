@@ -27,10 +27,10 @@ from dinat_cli.errors import UsageError
 if TYPE_CHECKING:
     import torch
 
+    from dinat_cli.checkpoints import describe
     from dinat_cli.engine import Restorer
 
 # The official configuration of every released checkpoint.
-OFFICIAL_CONFIG = dict(dim=48, chan_adapt=True, mode="hybrid")
 DEFAULT_SIZES = ("256", "1280x720")
 
 
@@ -161,6 +161,7 @@ def bench(
     from dinat_cli import ops
     from dinat_cli.engine import Restorer
     from dinat_cli.model import RestoreDiNAT
+    from dinat_cli.model.variants import OFFICIAL_CONFIG
     from dinat_cli.process import configure_process
 
     # Timed as the restore commands run: with their process settings.
@@ -168,7 +169,7 @@ def bench(
     if threads:
         torch.set_num_threads(threads)
     model = RestoreDiNAT(**{**OFFICIAL_CONFIG, "dim": dim}, tlc=tlc)
-    restorer = Restorer(model, device=device, precision=precision, tile=tile)
+    restorer = Restorer(describe(model), device=device, precision=precision, tile=tile)
     ops.resolve_backend(attention, restorer.device)  # an unavailable backend fails before any work
     if restorer.precision_note:
         typer.echo(restorer.precision_note, err=True)

@@ -204,10 +204,8 @@ def restore(
     metrics.check_options(protocol, task.y_channel, 0)
     if report is not None:
         reports.check_report_path(report)
-    config = entry.config if entry is not None else {}
     engine_options = {
-        "dilations": config.get("dilations"),
-        "mode": config.get("mode"),
+        "variant": entry.name if entry is not None else None,
         "tlc": not no_tlc,
         "device": device,
         "precision": precision,
