@@ -1,4 +1,4 @@
-"""Restore a batch of files: plan outputs, pick a shard, read ahead, run the engine, write behind.
+"""Restore a batch of planned files (`dinat_cli.planning`): read ahead, run the engine, write behind.
 
 `restore_file` is the whole work of one file; the local runner calls it on helper threads
 (files are decoded and encoded while the model runs), Ray workers (`dinat_cli.distributed`)
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import math
 import os
 import queue
@@ -29,6 +28,7 @@ import numpy as np
 
 from dinat_cli import files, io
 from dinat_cli.errors import DinatError, StorageError, UsageError
+from dinat_cli.planning import Job, Shard
 
 if TYPE_CHECKING:
     # The engine imports torch: planning a batch and checking its options do not need it.
@@ -36,19 +36,6 @@ if TYPE_CHECKING:
 
 LOCK_NAME = ".dinat.lock"
 Status = Literal["done", "skipped", "failed"]
-
-
-@dataclass(frozen=True)
-class Job:
-    """One output and the image(s) it is restored from: one view, or left and right."""
-
-    sources: tuple[Path, ...]
-    relative: Path
-    output: Path
-
-    @property
-    def name(self) -> str:
-        return self.relative.as_posix()
 
 
 @dataclass
@@ -140,105 +127,7 @@ class BatchResult:
         }
 
 
-# --------------------------------------------------------------------------- planning
-
-
-def plan_jobs(input: str, output: Path, *, ext: str = "keep", suffix: str = "", dual_pixel: bool = False) -> list[Job]:
-    """The outputs a run will produce, mirroring the input layout; clashes are usage errors.
-
-    OUTPUT may be the input folder itself when a `suffix` names the outputs apart: then files
-    that are the outputs of other inputs (an earlier run's) are not inputs.
-    """
-    output = Path(output)
-    if dual_pixel:
-        _refuse_a_file_as_folder(output)
-        jobs = [
-            Job((pair.left, pair.right), pair.relative, io.output_path(pair.relative, output, ext, suffix))
-            for pair in io.pair_dual_pixel(input)
-        ]
-    else:
-        inputs = io.collect_inputs(input, exclude=output)
-        if Path(input).is_file() and output.suffix.lower() in io.IMAGE_EXTENSIONS:
-            jobs = [Job((inputs[0].path,), inputs[0].relative, output)]
-        else:
-            _refuse_a_file_as_folder(output)
-            if output.resolve() == io.input_root(input).resolve() and not suffix:
-                raise UsageError(
-                    f"{output} is the input folder: the outputs would replace the inputs; "
-                    "add a --suffix (e.g. --suffix _restored) to write beside them, or choose another folder"
-                )
-            jobs = [
-                Job((item.path,), item.relative, io.output_path(item.relative, output, ext, suffix)) for item in inputs
-            ]
-            if suffix:
-                jobs = _without_outputs_of_others(jobs)
-    _refuse_clashes(jobs)
-    return jobs
-
-
-def _refuse_a_file_as_folder(output: Path) -> None:
-    if output.exists() and not output.is_dir():
-        raise UsageError(
-            f"{output} is a file, not a folder: the outputs need a folder (a file only for one input file, "
-            "with an image suffix)"
-        )
-
-
-def _without_outputs_of_others(jobs: list[Job]) -> list[Job]:
-    """Leave out inputs that another job writes: outputs an earlier run put beside their inputs."""
-    outputs = {job.output.resolve() for job in jobs}
-    # An input that is its own output stays: the clash check refuses it.
-    return [
-        job for job in jobs if (source := job.sources[0].resolve()) not in outputs or source == job.output.resolve()
-    ]
-
-
-@dataclass(frozen=True)
-class Shard:
-    """Shard `index` of `count`, counted from 0 like SLURM array and Kubernetes indexed Job indices.
-
-    A job belongs to the shard its relative path hashes to, so N runs that see the same
-    input cover every file exactly once, whatever order each finds them in, and adding
-    files never moves the others to another shard.
-    """
-
-    index: int
-    count: int
-
-    @classmethod
-    def parse(cls, spec: str) -> Shard:
-        """`K/N` with 0 <= K < N."""
-        index, slash, count = spec.partition("/")
-        try:
-            shard = cls(int(index), int(count))
-        except ValueError:
-            shard = None
-        if not slash or shard is None or not 0 <= shard.index < shard.count:
-            raise UsageError(f"--shard {spec}: expected K/N with 0 <= K < N, e.g. --shard $SLURM_ARRAY_TASK_ID/8")
-        return shard
-
-    def owns(self, job: Job) -> bool:
-        digest = hashlib.sha1(job.relative.as_posix().encode("utf-8")).digest()
-        return int.from_bytes(digest[:8], "big") % self.count == self.index
-
-    def select(self, jobs: Sequence[Job]) -> list[Job]:
-        return [job for job in jobs if self.owns(job)]
-
-    def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
-
-
-def _refuse_clashes(jobs: Sequence[Job]) -> None:
-    seen: dict[Path, Job] = {}
-    for job in jobs:
-        other = seen.setdefault(job.output, job)
-        if other is not job:
-            raise UsageError(
-                f"{other.sources[0]} and {job.sources[0]} would both be written to {job.output}; "
-                "use --ext keep or rename one"
-            )
-        if any(job.output.resolve() == source.resolve() for source in job.sources):
-            raise UsageError(f"{job.output} is an input: choose another output folder or a --suffix")
+# --------------------------------------------------------------------------- ground truth
 
 
 class GroundTruth:

@@ -30,18 +30,6 @@ from dinat_cli.errors import DinatError, UsageError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp"})
 
-# Values of the restore commands' --ext option; "keep" writes each output in its input's format.
-EXT_CHOICES = ("keep", "png", "jpg", "tif", "webp")
-
-# Sub-folder pairs that hold the left and right dual-pixel views under identical file names:
-# Restormer's DPDD layout, short forms, and the original DPDD release (test_l/source, test_r/source).
-DUAL_PIXEL_FOLDERS = (
-    ("inputL", "inputR"),
-    ("L", "R"),
-    ("left", "right"),
-    ("test_l/source", "test_r/source"),
-)
-
 _ORIENTATION = ExifTags.Base.Orientation
 _BITS_PER_SAMPLE = TiffTags.lookup(258).value
 
@@ -119,15 +107,6 @@ class InputFile:
     """One input image and its path relative to the INPUT root, which the output mirrors."""
 
     path: Path
-    relative: Path
-
-
-@dataclass(frozen=True)
-class DualPixelPair:
-    """Left and right views of one dual-pixel shot; relative is the shared name the output mirrors."""
-
-    left: Path
-    right: Path
     relative: Path
 
 
@@ -383,7 +362,7 @@ def _exif_for_output(block: bytes | None) -> bytes | None:
     return exif.tobytes() if len(exif) else None
 
 
-# --------------------------------------------------------------------------- inputs and outputs
+# --------------------------------------------------------------------------- inputs
 
 
 def collect_inputs(input: str | Path, *, exclude: Path | None = None) -> list[InputFile]:
@@ -400,7 +379,7 @@ def collect_inputs(input: str | Path, *, exclude: Path | None = None) -> list[In
             raise UsageError(f"{root}: not an image file; expected one of {_suffix_list()}")
         return [InputFile(root, Path(root.name))]
     if root.is_dir():
-        found = sorted(_walk_images(root), key=lambda item: item.relative)
+        found = sorted(walk_images(root), key=lambda item: item.relative)
     elif _has_glob_magic(text):
         found = _glob_images(text)
     else:
@@ -427,7 +406,7 @@ def input_root(input: str | Path) -> Path:
     return Path(*parts[:fixed]) if fixed else Path()
 
 
-def _walk_images(root: Path) -> Iterator[InputFile]:
+def walk_images(root: Path) -> Iterator[InputFile]:
     """Images under root. Symlinked sub-folders are followed, and each folder is walked once: a
     link into root is left to the real path, a link back to a folder already walked (a loop) is
     not taken again."""
@@ -477,37 +456,3 @@ def _is_visible_image(name: str) -> bool:
 
 def _suffix_list() -> str:
     return " ".join(sorted(IMAGE_EXTENSIONS))
-
-
-def output_path(relative: Path, output_dir: Path, ext: str = "keep", suffix: str = "") -> Path:
-    """Where the output for an input at relative goes: same sub-folders, suffix added to the stem."""
-    if ext not in EXT_CHOICES:
-        raise UsageError(f"--ext {ext}: expected one of {', '.join(EXT_CHOICES)}")
-    relative = Path(relative)
-    extension = relative.suffix if ext == "keep" else f".{ext}"
-    return Path(output_dir) / relative.parent / f"{relative.stem}{suffix}{extension}"
-
-
-def pair_dual_pixel(input: str | Path) -> list[DualPixelPair]:
-    """Left/right view pairs from a folder holding one of DUAL_PIXEL_FOLDERS, matched by relative name."""
-    root = Path(input)
-    left_dir, right_dir = _dual_pixel_folders(root)
-    lefts = {item.relative: item.path for item in _walk_images(left_dir)}
-    rights = {item.relative: item.path for item in _walk_images(right_dir)}
-    missing = [right_dir / name for name in sorted(lefts.keys() - rights.keys())]
-    missing += [left_dir / name for name in sorted(rights.keys() - lefts.keys())]
-    if missing:
-        shown = ", ".join(str(path) for path in missing[:5])
-        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        raise UsageError(f"{root}: dual-pixel view without its partner; missing {shown}{more}")
-    if not lefts:
-        raise UsageError(f"{root}: no images in {left_dir} and {right_dir}")
-    return [DualPixelPair(lefts[name], rights[name], name) for name in sorted(lefts)]
-
-
-def _dual_pixel_folders(root: Path) -> tuple[Path, Path]:
-    for left, right in DUAL_PIXEL_FOLDERS:
-        if (root / left).is_dir() and (root / right).is_dir():
-            return root / left, root / right
-    expected = ", ".join(f"{left}/ + {right}/" for left, right in DUAL_PIXEL_FOLDERS)
-    raise UsageError(f"{root}: not a folder with left/right view sub-folders ({expected})")

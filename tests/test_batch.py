@@ -17,9 +17,9 @@ import cv2
 import numpy as np
 import pytest
 
-from dinat_cli import batch, files, io
+from dinat_cli import batch, files, io, planning
 from dinat_cli.cli.progress import RunDisplay
-from dinat_cli.errors import StorageError, UsageError
+from dinat_cli.errors import StorageError
 
 
 class StandInModel:
@@ -62,7 +62,7 @@ def _summary(result: batch.BatchResult, capsys: pytest.CaptureFixture[str], *, q
 def test_files_reach_the_model_in_list_order_even_when_the_first_is_read_last(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    jobs = batch.plan_jobs(str(_inputs(tmp_path / "in", 6)), tmp_path / "out")
+    jobs = planning.plan_jobs(str(_inputs(tmp_path / "in", 6)), tmp_path / "out")
     read = io.read_image
     others_read = threading.Semaphore(0)
 
@@ -89,7 +89,7 @@ def test_ctrl_c_counts_planned_done_skipped_failed_and_not_started(
 ) -> None:
     source = _inputs(tmp_path / "in", 8)
     (source / "f01.png").write_bytes(b"not a png")
-    jobs = batch.plan_jobs(str(source), tmp_path / "out")
+    jobs = planning.plan_jobs(str(source), tmp_path / "out")
     files.write_atomically(jobs[7].output, b"an output of an earlier run")
     result = batch.run_batch(jobs, StandInModel(interrupt_at=3))  # f00, f02, then Ctrl-C in f03
     assert result.interrupted and result.exit_code == 130
@@ -114,7 +114,7 @@ def test_ctrl_c_counts_planned_done_skipped_failed_and_not_started(
 def test_a_full_disk_stops_the_batch_at_the_first_file_it_cannot_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    jobs = batch.plan_jobs(str(_inputs(tmp_path / "in", 20)), tmp_path / "out")
+    jobs = planning.plan_jobs(str(_inputs(tmp_path / "in", 20)), tmp_path / "out")
     replace = os.replace
 
     def disk_full_from_the_third_file(source: Path, target: Path) -> None:
@@ -150,30 +150,3 @@ def test_the_summary_gives_seconds_per_image_when_images_take_longer_than_a_seco
     results = [batch.FileResult(f"{index}.png", f"out/{index}.png", "done", seconds / done) for index in range(done)]
     [line] = _summary(batch.BatchResult(results, seconds, planned=done), capsys)
     assert line == f"{done} planned: restored {done}, skipped 0, failed 0, not started 0 in {seconds:.1f} s {pace}"
-
-
-def test_the_input_folder_is_an_output_folder_with_a_suffix_and_its_outputs_are_not_inputs(tmp_path: Path) -> None:
-    source = _inputs(tmp_path / "in", 3)
-    with pytest.raises(UsageError, match="is the input folder: the outputs would replace the inputs; add a --suffix"):
-        batch.plan_jobs(str(source), source)
-    with pytest.raises(UsageError, match="is the input folder"):
-        batch.plan_jobs(str(source), source / ".." / "in", ext="jpg")
-    jobs = batch.plan_jobs(str(source), source, suffix="_dn")
-    assert [(job.name, job.output) for job in jobs] == [
-        (f"f{index:02d}.png", source / f"f{index:02d}_dn.png") for index in range(3)
-    ]
-    for job in jobs:  # as a first run leaves them
-        files.write_atomically(job.output, b"restored")
-    assert batch.plan_jobs(str(source), source, suffix="_dn") == jobs
-    assert batch.plan_jobs(f"{source}/*.png", source, suffix="_dn") == jobs
-
-
-@pytest.mark.parametrize("input_kind", ["folder", "glob", "one file"])
-def test_an_existing_file_is_refused_as_the_output_folder(tmp_path: Path, input_kind: str) -> None:
-    source = _inputs(tmp_path / "in", 2)
-    given = {"folder": str(source), "glob": f"{source}/*.png", "one file": str(source / "f00.png")}[input_kind]
-    existing = tmp_path / "notes.txt"
-    existing.write_text("mine")
-    with pytest.raises(UsageError, match=r"notes\.txt is a file, not a folder: the outputs need a folder"):
-        batch.plan_jobs(given, existing)
-    assert existing.read_text() == "mine"

@@ -16,14 +16,7 @@ from PIL import ExifTags, Image, ImageCms, ImageOps
 from dinat_cli import files
 from dinat_cli import io as image_io
 from dinat_cli.errors import DinatError, UsageError
-from dinat_cli.io import (
-    DecodedImage,
-    collect_inputs,
-    output_path,
-    pair_dual_pixel,
-    read_image,
-    write_image,
-)
+from dinat_cli.io import DecodedImage, collect_inputs, read_image, write_image
 
 ORIENTATION = ExifTags.Base.Orientation
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
@@ -581,69 +574,3 @@ def test_nothing_to_do_is_a_usage_error(photo_tree: Path, make_input, message: s
     (photo_tree / "empty").mkdir()
     with pytest.raises(UsageError, match=message):
         collect_inputs(str(make_input(photo_tree)))
-
-
-@pytest.mark.parametrize(
-    ("ext", "suffix", "expected"),
-    [
-        ("keep", "", "out/sub/IMG_1.JPG"),
-        ("keep", "_restored", "out/sub/IMG_1_restored.JPG"),
-        ("png", "", "out/sub/IMG_1.png"),
-        ("tif", "-x", "out/sub/IMG_1-x.tif"),
-        ("webp", "", "out/sub/IMG_1.webp"),
-        ("jpg", "", "out/sub/IMG_1.jpg"),
-    ],
-)
-def test_output_path_mirrors_layout(ext: str, suffix: str, expected: str) -> None:
-    assert output_path(Path("sub/IMG_1.JPG"), Path("out"), ext=ext, suffix=suffix) == Path(expected)
-
-
-def test_output_path_rejects_unknown_ext() -> None:
-    with pytest.raises(UsageError, match="--ext gif"):
-        output_path(Path("a.png"), Path("out"), ext="gif")
-
-
-# --------------------------------------------------------------------------- dual pixel
-
-
-def make_views(root: Path, left: str, right: str, left_names: list[str], right_names: list[str]) -> None:
-    for folder, names in ((left, left_names), (right, right_names)):
-        for name in names:
-            (root / folder / name).parent.mkdir(parents=True, exist_ok=True)
-            (root / folder / name).write_bytes(b"x")
-
-
-@pytest.mark.parametrize(("left", "right"), image_io.DUAL_PIXEL_FOLDERS)
-def test_dual_pixel_views_pair_by_name(tmp_path: Path, left: str, right: str) -> None:
-    make_views(tmp_path, left, right, ["1P0A2417.png", "1P0A1031.png"], ["1P0A1031.png", "1P0A2417.png"])
-    (tmp_path / "target").mkdir()
-
-    pairs = pair_dual_pixel(tmp_path)
-
-    assert [pair.relative for pair in pairs] == [Path("1P0A1031.png"), Path("1P0A2417.png")]
-    assert pairs[0].left == tmp_path / left / "1P0A1031.png"
-    assert pairs[0].right == tmp_path / right / "1P0A1031.png"
-
-
-def test_dual_pixel_views_are_read_at_16_bit(tmp_path: Path) -> None:
-    view = noise((H, W, 3), np.uint16)
-    for folder in ("inputL", "inputR"):
-        write_image(DecodedImage(view), tmp_path / folder / "a.png")
-    pair = pair_dual_pixel(tmp_path)[0]
-    assert read_image(pair.left).pixels.dtype == np.uint16
-    np.testing.assert_array_equal(read_image(pair.right).pixels, view)
-
-
-def test_missing_dual_pixel_partner_is_named(tmp_path: Path) -> None:
-    make_views(tmp_path, "inputL", "inputR", ["a.png", "b.png"], ["a.png", "c.png"])
-    with pytest.raises(UsageError) as error:
-        pair_dual_pixel(tmp_path)
-    message = str(error.value)
-    assert str(tmp_path / "inputR" / "b.png") in message
-    assert str(tmp_path / "inputL" / "c.png") in message
-
-
-def test_dual_pixel_folder_without_views_is_a_usage_error(tmp_path: Path) -> None:
-    (tmp_path / "inputL").mkdir()
-    with pytest.raises(UsageError, match="inputL/ \\+ inputR/"):
-        pair_dual_pixel(tmp_path)

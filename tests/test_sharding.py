@@ -13,10 +13,10 @@ import pytest
 import torch
 from installed import DINAT
 
-from dinat_cli import batch
-from dinat_cli.batch import Shard
+from dinat_cli import batch, planning
 from dinat_cli.errors import UsageError
 from dinat_cli.model import RestoreDiNAT
+from dinat_cli.planning import Shard
 
 SMALL = {"dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1, "chan_adapt": True}
 EAGER = ("--attention", "torch")
@@ -46,7 +46,7 @@ def test_bad_shard_specs_are_usage_errors(spec: str) -> None:
 
 def test_three_shards_cover_every_file_exactly_once_whatever_the_order(tmp_path: Path) -> None:
     names = _names(90)
-    jobs = batch.plan_jobs(str(_touch_images(tmp_path / "in", names)), tmp_path / "out")
+    jobs = planning.plan_jobs(str(_touch_images(tmp_path / "in", names)), tmp_path / "out")
     shards = [Shard(index, 3).select(jobs) for index in range(3)]
     chosen = [job.name for part in shards for job in part]
     assert sorted(chosen) == sorted(names) and len(chosen) == len(set(chosen))
@@ -57,7 +57,7 @@ def test_three_shards_cover_every_file_exactly_once_whatever_the_order(tmp_path:
         sorted(job.name for job in part) for part in shards
     ]
     # New files join a shard; the files already there stay where they were.
-    more = batch.plan_jobs(str(_touch_images(tmp_path / "in", _names(120))), tmp_path / "out")
+    more = planning.plan_jobs(str(_touch_images(tmp_path / "in", _names(120))), tmp_path / "out")
     for index, part in enumerate(shards):
         assert {job.name for job in part} <= {job.name for job in Shard(index, 3).select(more)}
 
@@ -90,7 +90,7 @@ def test_shards_of_another_count_are_refused_while_one_holds_the_folder(tmp_path
 
 def test_a_shard_removes_only_the_temporary_files_of_its_own_outputs(tmp_path: Path) -> None:
     names = _names(12)
-    jobs = batch.plan_jobs(str(_touch_images(tmp_path / "in", names)), tmp_path / "out")
+    jobs = planning.plan_jobs(str(_touch_images(tmp_path / "in", names)), tmp_path / "out")
     mine, theirs = Shard(0, 2).select(jobs), Shard(1, 2).select(jobs)
     stale = {job: job.output.with_name(f".{job.output.name}.tmp-0badf00d") for job in jobs}
     for path in stale.values():

@@ -16,7 +16,7 @@ from dinat_cli import choices, metrics, registry, reports
 from dinat_cli.choices import ATTENTION_BACKENDS, DEFAULT_TILE_OVERLAP
 from dinat_cli.cli.app import Command, app
 from dinat_cli.errors import UsageError
-from dinat_cli.io import EXT_CHOICES
+from dinat_cli.planning import EXT_CHOICES
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,7 @@ def restore(
     without torch is checked before torch is imported (seconds on a slow machine).
     """
     # Here, not at the top: batch reads images, which parsing the command line and --help do not need.
-    from dinat_cli import batch, distributed
+    from dinat_cli import batch, distributed, planning
     from dinat_cli.cli.progress import RunDisplay
 
     cluster = distributed.ClusterOptions.requested(
@@ -194,9 +194,9 @@ def restore(
     choices.check_precision(precision)
     choices.check_tile_overlap(tile_overlap, choices.parse_tile(tile))
     choices.check_attention(attention)
-    share = batch.Shard.parse(shard) if shard is not None else None
+    share = planning.Shard.parse(shard) if shard is not None else None
     path, entry = registry.select(task.name, model=model, weights=weights, dual_pixel=dual_pixel)
-    jobs = batch.plan_jobs(input, output, ext=ext, suffix=suffix, dual_pixel=dual_pixel)
+    jobs = planning.plan_jobs(input, output, ext=ext, suffix=suffix, dual_pixel=dual_pixel)
     if share is not None:
         jobs = share.select(jobs)
     ground_truth = batch.GroundTruth(gt) if gt is not None else None
