@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import os
 import queue
 import threading
@@ -26,7 +25,7 @@ from typing import IO, TYPE_CHECKING, Literal
 
 import numpy as np
 
-from dinat_cli import files, io
+from dinat_cli import evaluation, files, io
 from dinat_cli.errors import DinatError, StorageError, UsageError
 from dinat_cli.planning import Job, Shard
 
@@ -97,10 +96,7 @@ class BatchResult:
 
     @property
     def mean_scores(self) -> dict[str, float]:
-        scored = [result.scores for result in self.results if result.scores]
-        if not scored:
-            return {}
-        return {key: math.fsum(scores[key] for scores in scored) / len(scored) for key in scored[0]}
+        return evaluation.mean_scores([result.scores for result in self.results if result.scores])
 
     @property
     def exit_code(self) -> int:
@@ -127,24 +123,7 @@ class BatchResult:
         }
 
 
-# --------------------------------------------------------------------------- ground truth
-
-
-class GroundTruth:
-    """Ground-truth images found by relative path and stem, whatever their extension."""
-
-    def __init__(self, folder: Path) -> None:
-        if not Path(folder).is_dir():
-            raise UsageError(f"--gt {folder}: no such folder")
-        self._by_stem = {item.relative.with_suffix("").as_posix(): item.path for item in io.collect_inputs(folder)}
-
-    def find(self, relative: Path) -> Path | None:
-        return self._by_stem.get(relative.with_suffix("").as_posix())
-
-
 # --------------------------------------------------------------------------- running
-
-Scorer = Callable[[io.DecodedImage, io.DecodedImage], dict[str, float]]
 
 
 @dataclass(frozen=True)
@@ -174,7 +153,11 @@ def model_call(restorer: Restorer) -> RestoreFn:
 
 
 def restore_file(
-    job: Job, restore: RestoreFn, *, ground_truth: GroundTruth | None = None, scorer: Scorer | None = None
+    job: Job,
+    restore: RestoreFn,
+    *,
+    ground_truth: evaluation.GroundTruth | None = None,
+    scoring: evaluation.Scoring | None = None,
 ) -> FileResult:
     """One file's whole work, locally or on a Ray worker: read, restore, write atomically, score.
 
@@ -195,13 +178,14 @@ def restore_file(
     except Exception as error:
         return FileResult(job.name, str(job.output), "failed", time.perf_counter() - begin, _describe(error))
     note, scores = None, {}
-    if ground_truth is not None and scorer is not None:
+    if ground_truth is not None and scoring is not None:
         reference = ground_truth.find(job.relative)
         try:
             if reference is None:
                 note = f"no ground truth for {job.name}"
             else:
-                scores = scorer(io.read_image(reference), image)
+                pair = evaluation.Pair(job.name, reference, job.output)
+                scores = scoring.score(pair, io.read_image(reference), image)
         except DinatError as error:
             note = f"not scored: {error}"
         except Exception as error:
@@ -229,8 +213,8 @@ def run_batch(
     restorer: Restorer,
     *,
     overwrite: bool = False,
-    ground_truth: GroundTruth | None = None,
-    scorer: Scorer | None = None,
+    ground_truth: evaluation.GroundTruth | None = None,
+    scoring: evaluation.Scoring | None = None,
     on_result: Callable[[FileResult], None] | None = None,
     read_ahead: int = 2,
 ) -> BatchResult:
@@ -260,7 +244,7 @@ def run_batch(
         while True:
             while len(pending) < depth and (item := next(remaining, None)) is not None:
                 turn, job = item
-                future = helpers.submit(model.in_turn, turn, job, ground_truth=ground_truth, scorer=scorer)
+                future = helpers.submit(model.in_turn, turn, job, ground_truth=ground_truth, scoring=scoring)
                 pending.append((job, future))
             if not pending:
                 break
@@ -319,10 +303,12 @@ class _MainThreadModel:
         self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()
         self._stopped = False
 
-    def in_turn(self, turn: int, job: Job, *, ground_truth: GroundTruth | None, scorer: Scorer | None) -> FileResult:
+    def in_turn(
+        self, turn: int, job: Job, *, ground_truth: evaluation.GroundTruth | None, scoring: evaluation.Scoring | None
+    ) -> FileResult:
         """Called on a helper thread: `restore_file` for `job`, the model serving it in `turn`."""
         try:
-            return restore_file(job, functools.partial(self._restore, turn), ground_truth=ground_truth, scorer=scorer)
+            return restore_file(job, functools.partial(self._restore, turn), ground_truth=ground_truth, scoring=scoring)
         finally:
             with self._guard:
                 if turn >= self._turn:

@@ -28,7 +28,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from dinat_cli import batch
+from dinat_cli import batch, evaluation
 from dinat_cli.errors import DinatError, StorageError, UsageError
 
 if TYPE_CHECKING:
@@ -109,8 +109,8 @@ class _Worker:
         weights: Path,
         engine_options: dict[str, Any],
         threads: int,
-        ground_truth: batch.GroundTruth | None,
-        scorer: batch.Scorer | None,
+        ground_truth: evaluation.GroundTruth | None,
+        scoring: evaluation.Scoring | None,
     ) -> None:
         import torch
 
@@ -121,7 +121,7 @@ class _Worker:
         configure_process()
         torch.set_num_threads(threads)
         self._name = f"{socket.gethostname()}:{os.getpid()}"
-        self._ground_truth, self._scorer = ground_truth, scorer
+        self._ground_truth, self._scoring = ground_truth, scoring
         # Ray runs up to IN_FLIGHT calls at once on this actor's threads: files are read and
         # written side by side, while the model takes one image at a time.
         self._model_lock = threading.Lock()
@@ -156,7 +156,7 @@ class _Worker:
     def restore(self, job: batch.Job) -> batch.FileResult:
         if self._restorer is None:  # restarted on a machine where the model does not load
             return batch.FileResult(job.name, str(job.output), "failed", error=str(self._error), worker=self._name)
-        result = batch.restore_file(job, self._restore, ground_truth=self._ground_truth, scorer=self._scorer)
+        result = batch.restore_file(job, self._restore, ground_truth=self._ground_truth, scoring=self._scoring)
         result.worker = self._name
         return result
 
@@ -184,8 +184,8 @@ class WorkerPool:
         options: ClusterOptions,
         *,
         must_see: Sequence[Path] = (),
-        ground_truth: batch.GroundTruth | None = None,
-        scorer: batch.Scorer | None = None,
+        ground_truth: evaluation.GroundTruth | None = None,
+        scoring: evaluation.Scoring | None = None,
     ) -> Iterator[WorkerPool]:
         """Connect to Ray, start the workers and wait until each has loaded the model; stop them on exit."""
         began = time.perf_counter()
@@ -206,7 +206,7 @@ class WorkerPool:
             )
             options_for_worker = {**engine_options, "device": plan.device}
             for _ in range(plan.workers):
-                actor = worker.remote(weights, options_for_worker, plan.threads, ground_truth, scorer)
+                actor = worker.remote(weights, options_for_worker, plan.threads, ground_truth, scoring)
                 slots.append(_Slot(actor))
             described = ray.get([slot.actor.describe.remote(list(must_see)) for slot in slots])
             for info in described:

@@ -9,13 +9,17 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dinat_cli import metrics
 from dinat_cli.errors import DinatError, UsageError
+
+if TYPE_CHECKING:  # the image backends load only when a file is read (see pair_files)
+    from dinat_cli.io import DecodedImage, InputFile
 
 MATCH_MODES: tuple[str, ...] = ("name", "order")
 _LISTED = 5  # files named in one error line before "and N more"
@@ -28,6 +32,34 @@ class Pair:
     name: str
     gt: Path
     pred: Path
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How an image is scored against its ground truth: a paper's protocol, on RGB or Y, edges left out."""
+
+    protocol: str = "dinat"
+    y_channel: bool = False
+    crop_border: int = 0
+
+    def check(self) -> None:
+        """Refuse options that no protocol takes, before any image is read."""
+        metrics.check_options(self.protocol, self.y_channel, self.crop_border)
+
+    def score(self, pair: Pair, gt: DecodedImage, pred: DecodedImage) -> dict[str, float]:
+        """The scores of `pred` against `gt`, decoded from `pair`; a DinatError names the pair's files."""
+        if gt.bit_depth != pred.bit_depth:
+            raise DinatError(
+                f"bit depth mismatch: {pair.gt} is {gt.bit_depth}-bit, {pair.pred} is {pred.bit_depth}-bit"
+            )
+        try:
+            return metrics.score_pair(
+                gt.pixels, pred.pixels, self.protocol, gt.bit_depth, self.y_channel, self.crop_border
+            )
+        except UsageError:
+            raise
+        except DinatError as error:
+            raise DinatError(f"{pair.gt} vs {pair.pred}: {error}") from error
 
 
 @dataclass(frozen=True)
@@ -53,6 +85,39 @@ def default_jobs() -> int:
 # ---------------------------------------------------------------------------- pairing
 
 
+def stem_key(relative: Path | str) -> str:
+    """What pairs a ground truth with its image: the relative path without extension (a.png ~ a.jpg)."""
+    return Path(relative).with_suffix("").as_posix()
+
+
+def by_stem(files: Iterable[InputFile]) -> dict[str, InputFile]:
+    """Files keyed by `stem_key`; two files of one key (a.png and a.tif) are ambiguous: a UsageError names them."""
+    keyed: dict[str, InputFile] = {}
+    for item in files:
+        other = keyed.setdefault(stem_key(item.relative), item)
+        if other is not item:
+            raise UsageError(f"ambiguous names: {other.path} and {item.path} have the same stem; keep one of them")
+    return keyed
+
+
+class GroundTruth:
+    """Ground-truth images found by relative path and stem, whatever their extension (`--gt`).
+
+    The rule is `dinat eval`'s (`by_stem`): a folder with two candidates for one image is refused.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        from dinat_cli.io import collect_inputs
+
+        if not Path(folder).is_dir():
+            raise UsageError(f"--gt {folder}: no such folder")
+        self._by_stem = by_stem(collect_inputs(folder))
+
+    def find(self, relative: Path) -> Path | None:
+        item = self._by_stem.get(stem_key(relative))
+        return item.path if item is not None else None
+
+
 def pair_files(gt: Path, pred: Path, match: str = "name") -> list[Pair]:
     """Pair GT and prediction images: two files, or two folders (or globs) matched by name or order.
 
@@ -66,8 +131,7 @@ def pair_files(gt: Path, pred: Path, match: str = "name") -> list[Pair]:
         raise UsageError(f"unknown --match {match!r}: choose one of {', '.join(MATCH_MODES)}")
     if gt.is_file() and pred.is_file():
         return [Pair(gt.name, gt, pred)]
-    gt_files = {item.relative.as_posix(): item.path for item in collect_inputs(gt)}
-    pred_files = {item.relative.as_posix(): item.path for item in collect_inputs(pred)}
+    gt_files, pred_files = collect_inputs(gt), collect_inputs(pred)
     if match == "order":
         return _pair_by_order(gt, gt_files, pred, pred_files)
     return _pair_by_name(gt_files, pred_files)
@@ -78,21 +142,10 @@ def _name_list(paths: Sequence[Path | str]) -> str:
     return shown + (f" and {len(paths) - _LISTED} more" if len(paths) > _LISTED else "")
 
 
-def _by_stem(files: dict[str, Path]) -> dict[str, Path]:
-    """Files keyed by relative path without extension; two files of one key are ambiguous."""
-    keyed: dict[str, Path] = {}
-    for relative, path in files.items():
-        key = relative.rsplit(".", 1)[0]
-        if key in keyed:
-            raise DinatError(f"ambiguous names: {keyed[key]} and {path} have the same stem; keep one of them")
-        keyed[key] = path
-    return keyed
-
-
-def _pair_by_name(gt_files: dict[str, Path], pred_files: dict[str, Path]) -> list[Pair]:
-    gt_by_key, pred_by_key = _by_stem(gt_files), _by_stem(pred_files)
-    no_pred = [path for key, path in gt_by_key.items() if key not in pred_by_key]
-    no_gt = [path for key, path in pred_by_key.items() if key not in gt_by_key]
+def _pair_by_name(gt_files: list[InputFile], pred_files: list[InputFile]) -> list[Pair]:
+    gt_by_key, pred_by_key = by_stem(gt_files), by_stem(pred_files)
+    no_pred = [item.path for key, item in gt_by_key.items() if key not in pred_by_key]
+    no_gt = [item.path for key, item in pred_by_key.items() if key not in gt_by_key]
     if no_pred or no_gt:
         parts = []
         if no_pred:
@@ -100,8 +153,7 @@ def _pair_by_name(gt_files: dict[str, Path], pred_files: dict[str, Path]) -> lis
         if no_gt:
             parts.append(f"{len(no_gt)} prediction(s) without ground truth: {_name_list(no_gt)}")
         raise DinatError("unmatched files: " + "; ".join(parts) + " (names differ? try --match order)")
-    names = {path: relative for relative, path in gt_files.items()}
-    return [Pair(names[path], path, pred_by_key[key]) for key, path in sorted(gt_by_key.items())]
+    return [Pair(item.relative.as_posix(), item.path, pred_by_key[key].path) for key, item in sorted(gt_by_key.items())]
 
 
 def _natural_key(relative: str) -> list[tuple[int, int | str]]:
@@ -109,9 +161,9 @@ def _natural_key(relative: str) -> list[tuple[int, int | str]]:
     return [(0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", relative) if part]
 
 
-def _pair_by_order(
-    gt_root: Path, gt_files: dict[str, Path], pred_root: Path, pred_files: dict[str, Path]
-) -> list[Pair]:
+def _pair_by_order(gt_root: Path, gt_list: list[InputFile], pred_root: Path, pred_list: list[InputFile]) -> list[Pair]:
+    gt_files = {item.relative.as_posix(): item.path for item in gt_list}
+    pred_files = {item.relative.as_posix(): item.path for item in pred_list}
     gt_names = sorted(gt_files, key=_natural_key)
     pred_names = sorted(pred_files, key=_natural_key)
     if len(gt_names) != len(pred_names):
@@ -147,14 +199,15 @@ def score_pairs(
     release the GIL, and no image has to be copied between processes. The first failing
     pair (in order) ends the run with a DinatError naming its files.
     """
-    metrics.check_options(protocol, y_channel, crop_border)
+    scoring = Scoring(protocol, y_channel, crop_border)
+    scoring.check()
     if not pairs:
         raise DinatError("nothing to score: no image pairs")
     workers = max(1, min(jobs or default_jobs(), len(pairs)))
     images: list[ImageScore] = []
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dinat-eval")
     try:
-        futures = [executor.submit(_score_one, pair, protocol, y_channel, crop_border) for pair in pairs]
+        futures = [executor.submit(_score_one, pair, scoring) for pair in pairs]
         for future in futures:
             image = future.result()
             images.append(image)
@@ -162,34 +215,24 @@ def score_pairs(
                 on_scored(image)
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
-    return Evaluation(protocol, images, mean_scores(images))
+    return Evaluation(protocol, images, mean_scores([image.scores for image in images]))
 
 
-def _score_one(pair: Pair, protocol: str, y_channel: bool, crop_border: int) -> ImageScore:
+def _score_one(pair: Pair, scoring: Scoring) -> ImageScore:
     from dinat_cli.io import read_image  # lazily, as in pair_files; its DinatError names the file
 
-    gt, pred = read_image(pair.gt), read_image(pair.pred)
-    if gt.bit_depth != pred.bit_depth:
-        raise DinatError(f"bit depth mismatch: {pair.gt} is {gt.bit_depth}-bit, {pair.pred} is {pred.bit_depth}-bit")
-    try:
-        scores = metrics.score_pair(gt.pixels, pred.pixels, protocol, gt.bit_depth, y_channel, crop_border)
-    except UsageError:
-        raise
-    except DinatError as error:
-        raise DinatError(f"{pair.gt} vs {pair.pred}: {error}") from error
-    return ImageScore(pair.name, scores)
+    return ImageScore(pair.name, scoring.score(pair, read_image(pair.gt), read_image(pair.pred)))
 
 
-def mean_scores(images: Sequence[ImageScore]) -> dict[str, float]:
-    """Arithmetic mean of each metric over the images, as the papers average them.
+def mean_scores(scores: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Arithmetic mean of each metric over the images' scores, as the papers average them.
 
     A PSNR of inf (an identical pair) makes the mean PSNR inf: there is no finite
     value that would be honest.
     """
-    if not images:
+    if not scores:
         return {}
-    names = images[0].scores.keys()
-    return {name: math.fsum(image.scores[name] for image in images) / len(images) for name in names}
+    return {name: math.fsum(image[name] for image in scores) / len(scores) for name in scores[0]}
 
 
 # ---------------------------------------------------------------------------- reports

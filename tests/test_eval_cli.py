@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dinat_cli.cli import app, main
-from dinat_cli.errors import DinatError
+from dinat_cli.errors import DinatError, UsageError
 from dinat_cli.evaluation import pair_files, score_pairs
 
 TOLERANCE = 1e-4
@@ -102,12 +102,27 @@ def test_unmatched_files_are_named(tmp_path) -> None:
         pair_files(tmp_path / "gt", tmp_path / "pred")
 
 
-def test_same_stem_twice_is_ambiguous(tmp_path) -> None:
+@pytest.mark.parametrize("side", ["gt", "pred"])
+def test_same_stem_twice_is_ambiguous(tmp_path, side) -> None:
     _write(tmp_path / "gt" / "a.png", _image(4))
     _write(tmp_path / "pred" / "a.png", _image(4))
-    _write(tmp_path / "pred" / "a.bmp", _image(4))
-    with pytest.raises(DinatError, match="ambiguous names"):
+    _write(tmp_path / side / "a.bmp", _image(4))
+    with pytest.raises(UsageError, match="ambiguous names: .*a.bmp and .*a.png have the same stem"):
         pair_files(tmp_path / "gt", tmp_path / "pred")
+
+
+def test_ambiguous_ground_truth_exits_2_naming_both_files(tmp_path, monkeypatch, capsys) -> None:
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    _write(gt / "sub" / "a.png", _image(4))
+    _write(gt / "sub" / "a.tif", _image(5))
+    _write(pred / "sub" / "a.png", _image(4))
+    monkeypatch.setattr(sys, "argv", ["dinat", "eval", "--gt", str(gt), "--pred", str(pred)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: ambiguous names: {gt}/sub/a.png and {gt}/sub/a.tif have the same stem; keep one of them"
+    ]
 
 
 def test_match_order_uses_natural_order(tmp_path) -> None:

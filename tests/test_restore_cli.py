@@ -197,6 +197,20 @@ def test_gt_scores_each_output_with_the_eval_metrics(tmp_path: Path, checkpoint:
     assert lines["summary"]["done"] == "3" and "{" not in report.read_text()
 
 
+def test_ambiguous_ground_truth_is_refused_before_any_output(tmp_path: Path, checkpoint: Path) -> None:
+    source, gt = _clean_folder(tmp_path / "in", count=2), tmp_path / "gt"
+    gt.mkdir()
+    for path in source.glob("*.png"):
+        cv2.imwrite(str(gt / path.name), cv2.imread(str(path)))
+    cv2.imwrite(str(gt / "img1.tif"), cv2.imread(str(source / "img0.png")))  # which one is img1's?
+    result = run_cli("deblur", "--weights", checkpoint, source, tmp_path / "out", "--gt", gt)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: ambiguous names: {gt}/img1.png and {gt}/img1.tif have the same stem; keep one of them"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_registry_weights_exit_2_before_touching_the_output(tmp_path: Path) -> None:
     registry = tmp_path / "registry.json"
     registry.write_text(

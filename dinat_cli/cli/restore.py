@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from dinat_cli import choices, metrics, registry, reports
+from dinat_cli import choices, registry, reports
 from dinat_cli.choices import ATTENTION_BACKENDS, DEFAULT_TILE_OVERLAP
 from dinat_cli.cli.app import Command, app
 from dinat_cli.errors import UsageError
@@ -183,7 +183,7 @@ def restore(
     without torch is checked before torch is imported (seconds on a slow machine).
     """
     # Here, not at the top: batch reads images, which parsing the command line and --help do not need.
-    from dinat_cli import batch, distributed, planning
+    from dinat_cli import batch, distributed, evaluation, planning
     from dinat_cli.cli.progress import RunDisplay
 
     cluster = distributed.ClusterOptions.requested(
@@ -199,9 +199,9 @@ def restore(
     jobs = planning.plan_jobs(input, output, ext=ext, suffix=suffix, dual_pixel=dual_pixel)
     if share is not None:
         jobs = share.select(jobs)
-    ground_truth = batch.GroundTruth(gt) if gt is not None else None
-    protocol = task.protocol
-    metrics.check_options(protocol, task.y_channel, 0)
+    ground_truth = evaluation.GroundTruth(gt) if gt is not None else None
+    scoring = evaluation.Scoring(task.protocol, task.y_channel)
+    scoring.check()
     if report is not None:
         reports.check_report_path(report)
     engine_options = {
@@ -214,10 +214,6 @@ def restore(
         "attention": attention,
     }
 
-    def score(reference, image) -> dict[str, float]:
-        return metrics.score_pair(reference.pixels, image.pixels, protocol, reference.bit_depth, task.y_channel, 0)
-
-    scorer = score if ground_truth is not None else None
     folder = output if not (len(jobs) == 1 and jobs[0].output == Path(output)) else Path(output).parent
     with contextlib.ExitStack() as stack:
         if cluster is None:
@@ -232,13 +228,13 @@ def restore(
                 "precision": str(restorer.dtype).removeprefix("torch."),
                 "in_channels": restorer.in_channels,
             }
-            run = functools.partial(batch.run_batch, restorer=restorer, ground_truth=ground_truth, scorer=scorer)
+            run = functools.partial(batch.run_batch, restorer=restorer, ground_truth=ground_truth, scoring=scoring)
             ready = restorer.precision_note
         else:
             must_see = [jobs[0].sources[0]] if jobs else []
             pool = stack.enter_context(
                 distributed.WorkerPool.start(
-                    path, engine_options, cluster, must_see=must_see, ground_truth=ground_truth, scorer=scorer
+                    path, engine_options, cluster, must_see=must_see, ground_truth=ground_truth, scoring=scoring
                 )
             )
             engine, run, ready = pool.engine, pool.run_batch, pool.ready_note
