@@ -29,11 +29,15 @@ DUAL_PIXEL_FOLDERS = (
 
 @dataclass(frozen=True)
 class Job:
-    """One output and the image(s) it is restored from: one view, or left and right."""
+    """One output and the image(s) it is restored from: one view, or left and right.
+
+    `reference` is the ground truth the output is scored against, when the run has one.
+    """
 
     sources: tuple[Path, ...]
     relative: Path
     output: Path
+    reference: Path | None = None
 
     @property
     def name(self) -> str:

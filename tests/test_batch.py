@@ -11,15 +11,18 @@ import os
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import cv2
 import numpy as np
 import pytest
 
-from dinat_cli import batch, files, io, planning
+from dinat_cli import files, io, planning
 from dinat_cli.cli.progress import RunDisplay
+from dinat_cli.engine import EngineDescription, Restored
 from dinat_cli.errors import StorageError
+from dinat_cli.results import BatchResult, FileResult
+from dinat_cli.runners.base import FILES_IN_FLIGHT
+from dinat_cli.runners.local import LocalRunner
 
 
 class StandInModel:
@@ -28,13 +31,15 @@ class StandInModel:
     def __init__(self, interrupt_at: int | None = None) -> None:
         self.seen: list[int] = []
         self.interrupt_at = interrupt_at
-        self.last = SimpleNamespace(tile=None, precision="float32")
 
-    def restore(self, pixels: np.ndarray) -> np.ndarray:
+    def restore(self, pixels: np.ndarray) -> Restored:
         self.seen.append(_index_of(pixels))
         if len(self.seen) == self.interrupt_at:
             raise KeyboardInterrupt  # as Ctrl-C arrives: on the main thread, in the model
-        return pixels
+        return Restored(pixels, tile=None, precision="fp32", retried_fp32=False, seconds=0.0)
+
+    def describe(self) -> EngineDescription:
+        return EngineDescription("cpu", "fp32", "torch", in_channels=3, out_channels=3, note=None)
 
 
 def _level(index: int) -> int:
@@ -52,7 +57,7 @@ def _inputs(root: Path, count: int) -> Path:
     return root
 
 
-def _summary(result: batch.BatchResult, capsys: pytest.CaptureFixture[str], *, quiet: bool = False) -> list[str]:
+def _summary(result: BatchResult, capsys: pytest.CaptureFixture[str], *, quiet: bool = False) -> list[str]:
     """The lines a run's display ends with (stderr is not a terminal here: plain lines)."""
     capsys.readouterr()
     RunDisplay(result.planned, quiet=quiet).summary(result)
@@ -68,7 +73,7 @@ def test_files_reach_the_model_in_list_order_even_when_the_first_is_read_last(
 
     def first_file_read_last(path: Path) -> io.DecodedImage:
         if Path(path).name == "f00.png":
-            for _ in range(3):  # the files read ahead beside it
+            for _ in range(FILES_IN_FLIGHT - 1):  # the files read ahead beside it
                 others_read.acquire()
             time.sleep(0.2)  # and they have asked for the model
         else:
@@ -78,7 +83,7 @@ def test_files_reach_the_model_in_list_order_even_when_the_first_is_read_last(
     monkeypatch.setattr(io, "read_image", first_file_read_last)
     model = StandInModel()
     finished: list[str] = []
-    result = batch.run_batch(jobs, model, on_result=lambda item: finished.append(item.name))
+    result = LocalRunner(model).run(jobs, on_result=lambda item: finished.append(item.name))
     assert model.seen == [0, 1, 2, 3, 4, 5]
     assert finished == [f"f{index:02d}.png" for index in range(6)]
     assert result.count("done") == 6 and result.exit_code == 0
@@ -91,7 +96,7 @@ def test_ctrl_c_counts_planned_done_skipped_failed_and_not_started(
     (source / "f01.png").write_bytes(b"not a png")
     jobs = planning.plan_jobs(str(source), tmp_path / "out")
     files.write_atomically(jobs[7].output, b"an output of an earlier run")
-    result = batch.run_batch(jobs, StandInModel(interrupt_at=3))  # f00, f02, then Ctrl-C in f03
+    result = LocalRunner(StandInModel(interrupt_at=3)).run(jobs)  # f00, f02, then Ctrl-C in f03
     assert result.interrupted and result.exit_code == 130
     assert sorted(item.name for item in result.results if item.status == "done") == ["f00.png", "f02.png"]
     assert result.summary() | {"seconds": 0, "images_per_second": 0} == {
@@ -124,13 +129,13 @@ def test_a_full_disk_stops_the_batch_at_the_first_file_it_cannot_write(
 
     monkeypatch.setattr(os, "replace", disk_full_from_the_third_file)
     model = StandInModel()
-    result = batch.run_batch(jobs, model, read_ahead=2)
-    # The files read ahead (two, one in the model, one being written) at most, not the 17 left.
-    assert len(model.seen) <= 3 + 4
+    result = LocalRunner(model).run(jobs)
+    # The files in flight beside the third at most, not the 17 left.
+    assert len(model.seen) <= 3 + FILES_IN_FLIGHT
     assert result.stopped == f"{jobs[2].output}: cannot write (No space left on device)"
     assert result.exit_code == StorageError.exit_code == 2
     assert [item.status for item in result.results[:3]] == ["done", "done", "failed"]
-    assert result.count("done") == 2 and result.not_started >= 20 - 7
+    assert result.count("done") == 2 and result.not_started >= 20 - 3 - FILES_IN_FLIGHT
     assert result.count("failed") + result.not_started == 18
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["f00.png", "f01.png"]
     stop, summary = _summary(result, capsys)
@@ -147,6 +152,6 @@ def test_a_full_disk_stops_the_batch_at_the_first_file_it_cannot_write(
 def test_the_summary_gives_seconds_per_image_when_images_take_longer_than_a_second(
     done: int, seconds: float, pace: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    results = [batch.FileResult(f"{index}.png", f"out/{index}.png", "done", seconds / done) for index in range(done)]
-    [line] = _summary(batch.BatchResult(results, seconds, planned=done), capsys)
+    results = [FileResult(f"{index}.png", f"out/{index}.png", "done", seconds / done) for index in range(done)]
+    [line] = _summary(BatchResult(results, seconds, planned=done), capsys)
     assert line == f"{done} planned: restored {done}, skipped 0, failed 0, not started 0 in {seconds:.1f} s {pace}"

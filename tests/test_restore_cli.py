@@ -19,8 +19,8 @@ import torch
 from installed import DINAT
 from PIL import Image
 
-from dinat_cli import batch
 from dinat_cli.model import RestoreDiNAT
+from dinat_cli.output_folder import output_lock
 
 SMALL = {"dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1, "chan_adapt": True}
 
@@ -411,7 +411,7 @@ def test_a_file_that_is_not_a_checkpoint_exits_2(tmp_path: Path) -> None:
 
 def test_a_second_run_on_the_same_output_is_refused(tmp_path: Path, checkpoint: Path) -> None:
     source, out = _clean_folder(tmp_path / "in", count=1), tmp_path / "out"
-    with batch.output_lock(out):
+    with output_lock(out):
         result = run_cli("deblur", "--weights", checkpoint, source, out)
     assert result.returncode == 2 and "another dinat run is writing there" in result.stderr
     assert not list(out.glob("*.png"))

@@ -13,9 +13,10 @@ import pytest
 import torch
 from installed import DINAT
 
-from dinat_cli import batch, planning
+from dinat_cli import planning
 from dinat_cli.errors import UsageError
 from dinat_cli.model import RestoreDiNAT
+from dinat_cli.output_folder import output_lock
 from dinat_cli.planning import Shard
 
 SMALL = {"dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1, "chan_adapt": True}
@@ -64,27 +65,27 @@ def test_three_shards_cover_every_file_exactly_once_whatever_the_order(tmp_path:
 
 def test_shards_lock_side_by_side_but_refuse_a_whole_run_and_a_second_copy(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    with batch.output_lock(out, Shard(0, 3)), batch.output_lock(out, Shard(1, 3)):
-        with pytest.raises(UsageError, match="shard 0/3 is already being written"), batch.output_lock(out, Shard(0, 3)):
+    with output_lock(out, Shard(0, 3)), output_lock(out, Shard(1, 3)):
+        with pytest.raises(UsageError, match="shard 0/3 is already being written"), output_lock(out, Shard(0, 3)):
             pass
-        with pytest.raises(UsageError, match="another dinat run is writing there"), batch.output_lock(out):
+        with pytest.raises(UsageError, match="another dinat run is writing there"), output_lock(out):
             pass
     refused = pytest.raises(UsageError, match="another dinat run is writing there")
-    with batch.output_lock(out), refused, batch.output_lock(out, Shard(2, 3)):
+    with output_lock(out), refused, output_lock(out, Shard(2, 3)):
         pass
 
 
 def test_shards_of_another_count_are_refused_while_one_holds_the_folder(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    with batch.output_lock(out, Shard(0, 2)):
+    with output_lock(out, Shard(0, 2)):
         with (
             pytest.raises(UsageError, match=r"shards of 2 are writing there, .*--shard 0/3.* use the same N"),
-            batch.output_lock(out, Shard(0, 3)),
+            output_lock(out, Shard(0, 3)),
         ):
             pass
-        with batch.output_lock(out, Shard(1, 2)):  # the same count still runs beside it
+        with output_lock(out, Shard(1, 2)):  # the same count still runs beside it
             pass
-    with batch.output_lock(out, Shard(0, 3)):  # once the shards of 2 are done, 3 may go
+    with output_lock(out, Shard(0, 3)):  # once the shards of 2 are done, 3 may go
         pass
 
 
@@ -96,7 +97,7 @@ def test_a_shard_removes_only_the_temporary_files_of_its_own_outputs(tmp_path: P
     for path in stale.values():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"half an image")
-    with batch.output_lock(tmp_path / "out", Shard(0, 2), mine):
+    with output_lock(tmp_path / "out", Shard(0, 2), mine):
         assert not any(stale[job].exists() for job in mine)
         assert all(stale[job].exists() for job in theirs)  # perhaps in flight in shard 1/2
 

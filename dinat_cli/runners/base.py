@@ -1,0 +1,152 @@
+"""What the local and the Ray runner share: one file's whole work, and the skeleton of a run.
+
+A file that cannot be read, restored or written is recorded as failed and the batch goes
+on, unless the output's file system takes no more writes (full, read-only): then the batch
+stops at once. Every output is written atomically by `dinat_cli.files`, so an interrupted
+run leaves finished files and nothing half written.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from dinat_cli import evaluation, io
+from dinat_cli.errors import DinatError, StorageError
+from dinat_cli.results import BatchResult, FileResult
+
+if TYPE_CHECKING:
+    # The engine imports torch: the driver of a Ray run does not need it.
+    from dinat_cli.engine import EngineDescription, Restored
+    from dinat_cli.planning import Job
+
+# Files in flight at once for one model: one being read, one in the model, one being written.
+# Three keep the model busy whenever reading and writing a file take less time than restoring
+# it (the rule by far, even on a GPU); every file more holds another decoded image, its float
+# copy and the output (about 1.2 GB for a 100-megapixel 16-bit photo) for nothing but the odd
+# slow decode. The local runner ran 4, the Ray workers 3.
+FILES_IN_FLIGHT = 3
+
+RestoreFn = Callable[[np.ndarray], "Restored"]
+Record = Callable[[int, FileResult], None]
+
+
+class Runner(abc.ABC):
+    """Restores planned jobs with a model that is loaded once: in this process, or on Ray workers.
+
+    Each runner is started as a context manager, which loads the model (or starts the workers)
+    and releases it on exit; `run` may then be called for any number of batches.
+    """
+
+    # The engine the run got (on Ray, the first worker's: they all build the same), for reports.
+    engine: EngineDescription
+    # A line on how the run starts (the Ray workers it got, a precision that runs as another), or None.
+    ready_note: str | None
+
+    def run(
+        self,
+        jobs: Sequence[Job],
+        *,
+        overwrite: bool = False,
+        scoring: evaluation.Scoring | None = None,
+        on_result: Callable[[FileResult], None] | None = None,
+    ) -> BatchResult:
+        """Restore every job; an output that exists is skipped unless `overwrite`.
+
+        With `scoring`, each output is scored against its job's `reference`. `on_result` sees
+        each file's result when it is known; the returned results list the skipped files
+        first, then the others in the jobs' order. Ctrl-C, and an output file system that
+        takes no more writes, end the run early: the result says so and counts the files
+        that were not started.
+        """
+        started = time.perf_counter()
+        skipped: list[FileResult] = []
+        finished: dict[int, FileResult] = {}
+        todo: list[Job] = []
+        for job in jobs:
+            if not overwrite and job.output.exists():
+                result = FileResult(job.name, str(job.output), "skipped")
+                skipped.append(result)
+                if on_result is not None:
+                    on_result(result)
+            else:
+                todo.append(job)
+
+        def record(index: int, result: FileResult) -> None:
+            finished[index] = result
+            if on_result is not None:
+                on_result(result)
+
+        interrupted, stopped = False, None
+        try:
+            stopped = self._restore(todo, scoring, record)
+        except KeyboardInterrupt:
+            interrupted = True
+        results = skipped + [finished[index] for index in sorted(finished)]
+        return BatchResult(results, time.perf_counter() - started, len(jobs), interrupted, stopped)
+
+    @abc.abstractmethod
+    def _restore(self, jobs: Sequence[Job], scoring: evaluation.Scoring | None, record: Record) -> str | None:
+        """Restore `jobs`, calling `record(index in jobs, result)` for each file as it is known.
+
+        Returns why the run stopped before its end (the output's file system took no more
+        writes), or None. Ctrl-C raises KeyboardInterrupt once the files in flight are settled.
+        """
+
+
+def restore_file(job: Job, restore: RestoreFn, scoring: evaluation.Scoring | None = None) -> FileResult:
+    """One file's whole work, locally or on a Ray worker: read, restore, write atomically, score.
+
+    A problem with the file is a failed result, never an exception; a StorageError (the output's
+    file system takes no more writes) is raised, as it stops the batch. `seconds` counts this
+    file's reading, model time and writing, not the time it waited for the model.
+    """
+    begin = time.perf_counter()
+    try:
+        template, pixels = _load(job)
+        asked = time.perf_counter()
+        restored = restore(pixels)
+        answered = time.perf_counter()
+        image = template.with_float_pixels(restored.pixels)
+        io.write_image(image, job.output)
+    except StorageError:
+        raise
+    except Exception as error:
+        return FileResult(job.name, str(job.output), "failed", time.perf_counter() - begin, _describe(error))
+    note, scores = None, {}
+    if scoring is not None:
+        try:
+            if job.reference is None:
+                note = f"no ground truth for {job.name}"
+            else:
+                pair = evaluation.Pair(job.name, job.reference, job.output)
+                scores = scoring.score(pair, io.read_image(job.reference), image)
+        except DinatError as error:
+            note = f"not scored: {error}"
+        except Exception as error:
+            seconds = time.perf_counter() - begin
+            return FileResult(job.name, str(job.output), "failed", seconds, _describe(error), tile=restored.tile)
+    seconds = (asked - begin) + restored.seconds + (time.perf_counter() - answered)
+    return FileResult(
+        job.name, str(job.output), "done", seconds, note, scores, tile=restored.tile, precision=restored.precision
+    )
+
+
+def _load(job: Job) -> tuple[io.DecodedImage, np.ndarray]:
+    """The image whose metadata the output keeps, and the network input (views side by side)."""
+    views = [io.read_image(path) for path in job.sources]
+    if len(views) == 2:
+        left, right = views
+        if left.pixels.shape[:2] != right.pixels.shape[:2]:
+            raise DinatError(f"{job.sources[0]} and {job.sources[1]}: left and right views differ in size")
+    return views[0], np.concatenate([view.to_float() for view in views], axis=2)
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, DinatError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
