@@ -12,7 +12,7 @@ from dinat_cli.errors import UsageError
 ATTENTION_BACKENDS = ("auto", "torch", "native", "compiled", "flex", "natten")
 # Numeric precisions (see dinat_cli.engine): `auto` is float32 on CPU, 16-bit on CUDA.
 PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16")
-# Devices one process runs on; `cuda:all` (every GPU, on Ray) is dinat_cli.distributed's.
+# Devices one process runs on; `cuda:all` (every GPU, on Ray) is dinat_cli.runners.ray's.
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 # Pixels shared by neighbouring tiles.
 DEFAULT_TILE_OVERLAP = 64

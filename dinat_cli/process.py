@@ -1,7 +1,7 @@
 """Process-wide settings that make dinat faster, made only by whoever owns the process.
 
 The `dinat` command makes them for itself before it runs the network, and so does each
-Ray worker (`dinat_cli.distributed`). The library never does: a program that imports
+Ray worker (`dinat_cli.runners.ray`). The library never does: a program that imports
 dinat keeps its own malloc and torch.compile settings, and opts in with
 `configure_process()`. Torch-free, like the command line.
 """

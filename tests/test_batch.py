@@ -60,7 +60,7 @@ def _inputs(root: Path, count: int) -> Path:
 def _summary(result: BatchResult, capsys: pytest.CaptureFixture[str], *, quiet: bool = False) -> list[str]:
     """The lines a run's display ends with (stderr is not a terminal here: plain lines)."""
     capsys.readouterr()
-    RunDisplay(result.planned, quiet=quiet).summary(result)
+    RunDisplay(quiet=quiet).summary(result)
     return capsys.readouterr().err.splitlines()
 
 

@@ -20,9 +20,10 @@ import pytest
 import torch
 from installed import DINAT
 
-from dinat_cli.distributed import ClusterOptions, WorkerPool
 from dinat_cli.errors import UsageError
 from dinat_cli.model import RestoreDiNAT
+from dinat_cli.options import EngineOptions, ModelSource
+from dinat_cli.runners.ray import ClusterOptions, RayRunner
 
 SMALL = {"dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1, "chan_adapt": True}
 # Compiled attention costs every new process, each restarted worker included, a warm-up of
@@ -34,22 +35,22 @@ DYING_DINAT = """
 import os
 import sys
 
-from dinat_cli import distributed
+from dinat_cli.runners import ray as ray_runner
 from dinat_cli.cli import main
 
 MARKER = os.environ["DINAT_TEST_MARKER"]
 
 
-class DyingWorker(distributed._Worker):
+class DyingWorker(ray_runner._Worker):
     '''Dies as a killed process does, half a file written: on the third file of the first
     worker to get there, and on every try of poison.png.'''
 
-    def restore(self, job):
+    def restore(self, job, scoring):
         self.seen = getattr(self, "seen", 0) + 1
         if job.name == "poison.png" or (self.seen == 3 and first_death()):
             job.output.with_name(f".{job.output.name}.tmp-0dead0ff").write_bytes(b"half an image")
             os._exit(1)
-        return super().restore(job)
+        return super().restore(job, scoring)
 
 
 def first_death():
@@ -60,8 +61,8 @@ def first_death():
     return True
 
 
-distributed._Worker = DyingWorker
-distributed.MAX_ATTEMPTS = 2  # one restart less to wait for than the default 3
+ray_runner._Worker = DyingWorker
+ray_runner.MAX_ATTEMPTS = 2  # one restart less to wait for than the default 3
 sys.argv[0] = "dinat"
 main()
 """
@@ -74,22 +75,22 @@ import os
 import sys
 from pathlib import Path
 
-from dinat_cli import distributed
+from dinat_cli.runners import ray as ray_runner
 from dinat_cli.cli import main
 
 
-class FullDiskWorker(distributed._Worker):
-    def restore(self, job):
+class FullDiskWorker(ray_runner._Worker):
+    def restore(self, job, scoring):
         if job.name >= "f02.png":
             os.replace = refuse
-        return super().restore(job)
+        return super().restore(job, scoring)
 
 
 def refuse(source, target):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
-distributed._Worker = FullDiskWorker
+ray_runner._Worker = FullDiskWorker
 sys.argv[0] = "dinat"
 main()
 """
@@ -263,6 +264,6 @@ def test_plain_options_ask_for_no_ray() -> None:
 def test_an_address_where_nothing_listens_is_refused_at_once(checkpoint: Path, ray_installed: None) -> None:
     with (
         pytest.raises(UsageError, match="--ray-address 127.0.0.1:9: no Ray cluster answers there"),
-        WorkerPool.start(checkpoint, {}, ClusterOptions(address="127.0.0.1:9")),
+        RayRunner.start(ModelSource(checkpoint), EngineOptions(), ClusterOptions(address="127.0.0.1:9")),
     ):
         pass

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-if TYPE_CHECKING:  # the batch module imports torch: not for the display
-    from dinat_cli.batch import BatchResult, FileResult
+if TYPE_CHECKING:
+    from dinat_cli.results import BatchResult, FileResult
 
 
 def _scores_text(scores: dict[str, float]) -> str:
@@ -39,13 +39,28 @@ def describe(result: FileResult) -> str:
 
 
 class RunDisplay:
-    """Reports each finished file; `quiet` keeps only failures, which cron should mail."""
+    """Reports each finished file; `quiet` keeps only failures, which cron should mail.
 
-    def __init__(self, total: int, *, quiet: bool = False) -> None:
+    The progress bar shows from `start` (the model is loaded) until the display is left.
+    """
+
+    def __init__(self, *, quiet: bool = False) -> None:
         self.console = Console(stderr=True, highlight=False, soft_wrap=True)
         self.quiet = quiet
         self._progress: Progress | None = None
-        if not quiet and sys.stderr.isatty():
+
+    def __enter__(self) -> RunDisplay:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def start(self, planned: int, note: str | None) -> None:
+        """The run begins with `planned` files; `note` is a line about the run, such as the Ray workers it got."""
+        if note is not None and not self.quiet:
+            self.console.print(note, markup=False)
+        if not self.quiet and sys.stderr.isatty():
             self._progress = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
@@ -54,21 +69,8 @@ class RunDisplay:
                 console=self.console,
                 transient=True,
             )
-            self._task = self._progress.add_task("restoring", total=total)
-
-    def __enter__(self) -> RunDisplay:
-        if self._progress is not None:
+            self._task = self._progress.add_task("restoring", total=planned)
             self._progress.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-    def note(self, line: str) -> None:
-        """A line about the run itself, such as the Ray workers it got."""
-        if not self.quiet:
-            self.console.print(line, markup=False)
 
     def file_finished(self, result: FileResult) -> None:
         if result.status == "failed" or (not self.quiet and self._progress is None):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import inspect
 import signal
 import sys
@@ -12,21 +10,20 @@ from pathlib import Path
 
 import typer
 
-from dinat_cli import choices, registry, reports
+from dinat_cli import registry, reports
 from dinat_cli.choices import ATTENTION_BACKENDS, DEFAULT_TILE_OVERLAP
 from dinat_cli.cli.app import Command, app
-from dinat_cli.errors import UsageError
-from dinat_cli.planning import EXT_CHOICES
+from dinat_cli.options import EngineOptions, ModelSource
+from dinat_cli.planning import EXT_CHOICES, Shard
 
 
 @dataclass(frozen=True)
 class Task:
+    """A restore command; how --gt scores its outputs is the library's (`pipeline.TASK_SCORING`)."""
+
     name: str
     summary: str
     example: str
-    # How --gt scores outputs: the protocol of this task's benchmark in the papers.
-    protocol: str = "dinat"
-    y_channel: bool = False
 
 
 TASKS = (
@@ -35,15 +32,13 @@ TASKS = (
         "defocus",
         "Remove defocus blur; --dual-pixel takes DPDD left/right views.",
         "dinat defocus --dual-pixel dpdd_test/ out/   (folders inputL/ and inputR/)",
-        # Both papers score single-image and dual-pixel DPDD results the same way.
-        protocol="dpdd",
     ),
     Task(
         "denoise",
         "Remove noise: real camera noise (sidd, SIDD-trained) or synthetic Gaussian noise (lite-denoise).",
         "dinat denoise --model lite-denoise noisy/ clean/",
     ),
-    Task("derain", "Remove rain streaks (Rain13K-trained).", "dinat derain --gt gt/ rainy/ out/", y_channel=True),
+    Task("derain", "Remove rain streaks (Rain13K-trained).", "dinat derain --gt gt/ rainy/ out/"),
 )
 
 
@@ -179,96 +174,54 @@ def restore(
 ) -> int:
     """Run one restore command; returns the exit code.
 
-    Setup errors raise before any output exists, and every option that can be checked
-    without torch is checked before torch is imported (seconds on a slow machine).
+    The command line becomes typed requests (`EngineOptions`, `ModelSource`, `ClusterOptions`,
+    `RestoreRequest`) for `pipeline.restore_files`, which does the work. Setup errors raise
+    before any output exists, and every option that can be checked without torch is checked
+    before torch is imported (seconds on a slow machine).
     """
-    # Here, not at the top: batch reads images, which parsing the command line and --help do not need.
-    from dinat_cli import batch, distributed, evaluation, planning
+    # Here, not at the top: --help and the other commands do not need them.
+    from dinat_cli import pipeline
     from dinat_cli.cli.progress import RunDisplay
+    from dinat_cli.runners.ray import ClusterOptions
 
-    cluster = distributed.ClusterOptions.requested(
+    cluster = ClusterOptions.requested(
         ray=ray, address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker, device=device
     )
-    if cluster is None:  # Ray runs take cuda:all as well, and check their device themselves
-        choices.check_device(device)
-    choices.check_precision(precision)
-    choices.check_tile_overlap(tile_overlap, choices.parse_tile(tile))
-    choices.check_attention(attention)
-    share = planning.Shard.parse(shard) if shard is not None else None
+    options = EngineOptions.parse(
+        # Ray runs take cuda:all as well: the cluster options give each worker its device.
+        device=device if cluster is None else "auto",
+        precision=precision,
+        tile=tile,
+        tile_overlap=tile_overlap,
+        attention=attention,
+    )
+    share = Shard.parse(shard) if shard is not None else None
     path, entry = registry.select(task.name, model=model, weights=weights, dual_pixel=dual_pixel)
-    jobs = planning.plan_jobs(input, output, ext=ext, suffix=suffix, dual_pixel=dual_pixel)
-    if share is not None:
-        jobs = share.select(jobs)
-    ground_truth = evaluation.GroundTruth(gt) if gt is not None else None
-    scoring = evaluation.Scoring(task.protocol, task.y_channel)
-    scoring.check()
-    if report is not None:
-        reports.check_report_path(report)
-    engine_options = {
-        "variant": entry.name if entry is not None else None,
-        "tlc": not no_tlc,
-        "device": device,
-        "precision": precision,
-        "tile": tile,
-        "tile_overlap": tile_overlap,
-        "attention": attention,
-    }
+    request = pipeline.RestoreRequest(
+        task=task.name,
+        input=input,
+        output=output,
+        model=ModelSource(path, entry.name if entry is not None else None, tlc=not no_tlc),
+        options=options,
+        ext=ext,
+        suffix=suffix,
+        dual_pixel=dual_pixel,
+        overwrite=overwrite,
+        gt=gt,
+        shard=share,
+        report=report,
+        cluster=cluster,
+    )
+    if cluster is None:
+        from dinat_cli.process import configure_process
 
-    folder = output if not (len(jobs) == 1 and jobs[0].output == Path(output)) else Path(output).parent
-    with contextlib.ExitStack() as stack:
-        if cluster is None:
-            # Every option is checked: now the engine, and torch with it.
-            from dinat_cli.engine import Restorer
-            from dinat_cli.process import configure_process
-
-            configure_process()
-            restorer = Restorer.from_weights(path, **engine_options)
-            engine = {
-                "device": str(restorer.device),
-                "precision": str(restorer.dtype).removeprefix("torch."),
-                "in_channels": restorer.in_channels,
-            }
-            run = functools.partial(batch.run_batch, restorer=restorer, ground_truth=ground_truth, scoring=scoring)
-            ready = restorer.precision_note
-        else:
-            must_see = [jobs[0].sources[0]] if jobs else []
-            pool = stack.enter_context(
-                distributed.WorkerPool.start(
-                    path, engine_options, cluster, must_see=must_see, ground_truth=ground_truth, scoring=scoring
-                )
-            )
-            engine, run, ready = pool.engine, pool.run_batch, pool.ready_note
-        _check_views(engine["in_channels"], dual_pixel, path)
-        stack.enter_context(batch.output_lock(folder, share, jobs))
-        stack.enter_context(_terminate_as_interrupt())
-        display = stack.enter_context(RunDisplay(len(jobs), quiet=quiet))
-        if ready is not None:
-            display.note(ready)
-        result = run(jobs, overwrite=overwrite, on_result=display.file_finished)
-        display.summary(result)
-    document = {
-        "task": task.name,
-        "weights": str(path),
-        "model": entry.name if entry is not None else None,
-        "device": engine["device"],
-        "precision": engine["precision"],
-        "shard": str(share) if share is not None else None,
-        "summary": result.summary(),
-        "files": [item.as_row() for item in result.results],
-    }
-    if report is not None:
-        reports.write_report(report, document, rows_key="files", summary_key="summary")
+        configure_process()  # this process runs the network: it gets dinat's settings
+    with _terminate_as_interrupt(), RunDisplay(quiet=quiet) as display:
+        run = pipeline.restore_files(request, on_start=display.start, on_result=display.file_finished)
+        display.summary(run.result)
     if json_output:
-        sys.stdout.write(reports.dumps_json(document) + "\n")
-    return result.exit_code
-
-
-def _check_views(in_channels: int, dual_pixel: bool, path: Path) -> None:
-    if dual_pixel and in_channels != 6:
-        raise UsageError(f"--dual-pixel needs a dual-pixel model (6 input channels); {path} takes {in_channels}")
-    if not dual_pixel and in_channels != 3:
-        hint = " (add --dual-pixel)" if in_channels == 6 else ""
-        raise UsageError(f"{path} takes {in_channels}-channel input, not RGB images{hint}")
+        sys.stdout.write(reports.dumps_json(run.document) + "\n")
+    return run.result.exit_code
 
 
 class _terminate_as_interrupt:
