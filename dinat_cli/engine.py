@@ -88,25 +88,6 @@ class RestoreStats:
     retried_fp32: bool = False
 
 
-@dataclass(frozen=True)
-class Restored:
-    pixels: np.ndarray
-    tile: int | None
-    precision: str
-    retried_fp32: bool
-    seconds: float
-
-
-@dataclass(frozen=True)
-class EngineDescription:
-    device: str
-    precision: str
-    kernels: str
-    in_channels: int
-    out_channels: int
-    note: str | None = None
-
-
 class Restorer:
     """A loaded network on a device, restoring whole images or tiles of them.
 
@@ -117,7 +98,6 @@ class Restorer:
     def __init__(
         self,
         descriptor: ModelDescriptor,
-        options=None,
         *,
         device: str | torch.device = "auto",
         precision: str = "auto",
@@ -126,9 +106,6 @@ class Restorer:
         batch_size: int = 1,
         attention: str = "auto",
     ) -> None:
-        if options is not None:
-            device, precision, tile = options.device, options.precision, options.tile
-            tile_overlap, attention = options.tile_overlap, options.attention
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         # A backend that cannot run here (no compiler, no CUDA) fails now, before any work.
         self.attention = ops.resolve_backend(attention, self.device)
@@ -146,16 +123,6 @@ class Restorer:
         self.last = RestoreStats()
 
     @classmethod
-    def load(cls, source, options=None):
-        return cls(source.load(), options)
-
-    def describe(self) -> EngineDescription:
-        return EngineDescription(
-            str(self.device), _precision_name(self.dtype), self.attention, self.in_channels, self.out_channels,
-            self.precision_note,
-        )
-
-    @classmethod
     def from_weights(
         cls,
         path: Path | str,
@@ -169,17 +136,12 @@ class Restorer:
 
         return cls(checkpoints.load(Path(path), variant=variant, tlc=tlc), **options)
 
-    def restore(self, image: np.ndarray) -> Restored:
+    def restore(self, image: np.ndarray) -> np.ndarray:
         """Restore float32 `(H, W, C)` in [0, 1]; returns float32 `(H, W, out_channels)`, not clipped."""
-        import time
-
         if image.ndim != 3 or image.shape[2] != self.in_channels:
             raise ValueError(f"expected (H, W, {self.in_channels}) input, got {image.shape}")
-        began = time.perf_counter()
         tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)[None]
-        pixels = self.restore_tensor(tensor)[0].permute(1, 2, 0).numpy()
-        last = self.last
-        return Restored(pixels, last.tile, last.precision, last.retried_fp32, time.perf_counter() - began)
+        return self.restore_tensor(tensor)[0].permute(1, 2, 0).numpy()
 
     def restore_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """Restore `(B, C, H, W)`; returns float32 on the CPU.
