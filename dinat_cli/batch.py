@@ -32,7 +32,7 @@ from dinat_cli.errors import DinatError, StorageError, UsageError
 
 if TYPE_CHECKING:
     # The engine imports torch: planning a batch and checking its options do not need it.
-    from dinat_cli.engine import Restorer
+    from dinat_cli.engine import Restored, Restorer
 
 LOCK_NAME = ".dinat.lock"
 Status = Literal["done", "skipped", "failed"]
@@ -258,30 +258,7 @@ class GroundTruth:
 Scorer = Callable[[io.DecodedImage, io.DecodedImage], dict[str, float]]
 
 
-@dataclass(frozen=True)
-class Restoration:
-    """The network's output for one image, and how it was computed."""
-
-    pixels: np.ndarray
-    tile: int | None
-    precision: str
-    seconds: float
-
-
-RestoreFn = Callable[[np.ndarray], Restoration]
-
-
-def model_call(restorer: Restorer) -> RestoreFn:
-    """`restorer` as `restore_file` calls it; not thread-safe, as the restorer itself."""
-
-    def call(pixels: np.ndarray) -> Restoration:
-        begin = time.perf_counter()
-        restored = restorer.restore(pixels)
-        # `last` describes this call only until the next one: read it before anyone else runs.
-        stats = restorer.last
-        return Restoration(restored, stats.tile, stats.precision, time.perf_counter() - begin)
-
-    return call
+RestoreFn = Callable[[np.ndarray], "Restored"]
 
 
 def restore_file(
@@ -361,7 +338,7 @@ def run_batch(
             on_result(result)
 
     remaining = iter(enumerate(skip_existing(jobs, overwrite, record)))
-    model = _MainThreadModel(model_call(restorer))
+    model = _MainThreadModel(restorer.restore)
     # read_ahead files read ahead, one restoring, one written behind: memory stays bounded on big batches.
     depth = read_ahead + 2
     helpers = ThreadPoolExecutor(max_workers=depth, thread_name_prefix="dinat-file")
@@ -423,7 +400,7 @@ class _MainThreadModel:
     def __init__(self, call: RestoreFn) -> None:
         self._call = call
         self._guard = threading.Lock()
-        self._requests: dict[int, tuple[np.ndarray, Future[Restoration]]] = {}
+        self._requests: dict[int, tuple[np.ndarray, Future[Restored]]] = {}
         # Turns whose file is done without asking for the model (it could not be read).
         self._passed: set[int] = set()
         self._turn = 0
@@ -440,9 +417,9 @@ class _MainThreadModel:
                     self._passed.add(turn)
             self._wake.put(None)
 
-    def _restore(self, turn: int, pixels: np.ndarray) -> Restoration:
+    def _restore(self, turn: int, pixels: np.ndarray) -> Restored:
         """Waits for the main thread to restore `pixels` in `turn`."""
-        reply: Future[Restoration] = Future()
+        reply: Future[Restored] = Future()
         with self._guard:
             if self._stopped:
                 raise _Stopped
@@ -468,7 +445,7 @@ class _MainThreadModel:
                 reply.set_exception(_Stopped())
                 raise
 
-    def _next_request(self) -> tuple[np.ndarray, Future[Restoration]] | None:
+    def _next_request(self) -> tuple[np.ndarray, Future[Restored]] | None:
         """The request of the current turn, skipping turns that passed; None while it has not come."""
         with self._guard:
             while self._turn in self._passed:

@@ -15,6 +15,7 @@ Ray is optional (`pip install 'dinat-cli[ray]'`) and imported only when a run as
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -30,9 +31,10 @@ from typing import TYPE_CHECKING, Any
 
 from dinat_cli import batch
 from dinat_cli.errors import DinatError, StorageError, UsageError
+from dinat_cli.options import EngineOptions, ModelSource
 
 if TYPE_CHECKING:
-    from dinat_cli.engine import Restorer
+    from dinat_cli.engine import EngineDescription, Restored, Restorer
 
 INSTALL = "pip install 'dinat-cli[ray]'"
 MAX_ATTEMPTS = 3
@@ -106,8 +108,8 @@ class _Worker:
 
     def __init__(
         self,
-        weights: Path,
-        engine_options: dict[str, Any],
+        source: ModelSource,
+        options: EngineOptions,
         threads: int,
         ground_truth: batch.GroundTruth | None,
         scorer: batch.Scorer | None,
@@ -128,14 +130,12 @@ class _Worker:
         self._error: DinatError | None = None
         self._restorer: Restorer | None = None
         try:
-            self._restorer = Restorer.from_weights(weights, **engine_options)
+            self._restorer = Restorer.load(source, options)
         except DinatError as error:
             self._error = error
         except Exception as error:
             # Kept for describe(), so that the driver stops with one line rather than Ray's traceback.
             self._error = DinatError(f"{self._name}: cannot load the model ({type(error).__name__}: {error})")
-        else:
-            self._model = batch.model_call(self._restorer)
 
     def describe(self, must_see: Sequence[Path]) -> dict[str, Any]:
         """What the driver checks before the run: the engine it built, and the paths it cannot see."""
@@ -145,9 +145,7 @@ class _Worker:
             "worker": self._name,
             "error": None,
             "blind": [str(path) for path in must_see if not path.exists()],
-            "device": str(self._restorer.device),
-            "precision": str(self._restorer.dtype).removeprefix("torch."),
-            "in_channels": self._restorer.in_channels,
+            "engine": self._restorer.describe(),
         }
 
     def ping(self) -> str:
@@ -160,18 +158,18 @@ class _Worker:
         result.worker = self._name
         return result
 
-    def _restore(self, pixels: Any) -> batch.Restoration:
+    def _restore(self, pixels: Any) -> Restored:
         with self._model_lock:
-            return self._model(pixels)
+            return self._restorer.restore(pixels)
 
 
 class WorkerPool:
     """Ray workers with the model loaded, ready to restore batches; use `WorkerPool.start`."""
 
-    def __init__(self, ray: ModuleType, slots: list[_Slot], engine: dict[str, Any], ready_note: str) -> None:
+    def __init__(self, ray: ModuleType, slots: list[_Slot], engine: EngineDescription, ready_note: str) -> None:
         self._ray = ray
         self._slots = slots
-        # What the first worker built: device, precision, in_channels (all workers build the same).
+        # What the first worker built (all workers build the same).
         self.engine = engine
         self.ready_note = ready_note
 
@@ -179,8 +177,8 @@ class WorkerPool:
     @contextlib.contextmanager
     def start(
         cls,
-        weights: Path,
-        engine_options: dict[str, Any],
+        source: ModelSource,
+        engine_options: EngineOptions,
         options: ClusterOptions,
         *,
         must_see: Sequence[Path] = (),
@@ -204,9 +202,9 @@ class WorkerPool:
                 scheduling_strategy="SPREAD",
                 runtime_env=plan.runtime_env,
             )
-            options_for_worker = {**engine_options, "device": plan.device}
+            options_for_worker = dataclasses.replace(engine_options, device=plan.device)
             for _ in range(plan.workers):
-                actor = worker.remote(weights, options_for_worker, plan.threads, ground_truth, scorer)
+                actor = worker.remote(source, options_for_worker, plan.threads, ground_truth, scorer)
                 slots.append(_Slot(actor))
             described = ray.get([slot.actor.describe.remote(list(must_see)) for slot in slots])
             for info in described:
@@ -218,7 +216,7 @@ class WorkerPool:
                         "at the same path on every machine (a shared file system)"
                     )
             machines = len({info["worker"].rsplit(":", 1)[0] for info in described})
-            engine = {key: described[0][key] for key in ("device", "precision", "in_channels")}
+            engine = described[0]["engine"]
             ready_note = (
                 f"ray: {plan.workers} worker(s) on {machines} machine(s), {plan.gpus:g} GPU and {plan.cpus:g} CPU "
                 f"each, ready in {time.perf_counter() - began:.1f} s"

@@ -382,10 +382,13 @@ def _weights_info() -> WeightsInfo:
 
 
 def _smoke_test() -> SmokeTestInfo:
+    import numpy as np
     import torch
 
+    from dinat_cli.checkpoints import describe
     from dinat_cli.engine import Restorer
     from dinat_cli.model import RestoreDiNAT
+    from dinat_cli.options import EngineOptions
 
     info = SmokeTestInfo(ran=True)
     start = time.perf_counter()
@@ -395,19 +398,18 @@ def _smoke_test() -> SmokeTestInfo:
         model = RestoreDiNAT(
             dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 1, 1], dilations=[1, 1, 1, 1]
         )
-        image = torch.rand(1, 3, SMOKE_SIZE, SMOKE_SIZE)
-    from dinat_cli.checkpoints import describe
+        image = torch.rand(SMOKE_SIZE, SMOKE_SIZE, 3).numpy()
 
-    restorer = Restorer(describe(model), device="cpu", precision="fp32", tile=0)
+    restorer = Restorer(describe(model), EngineOptions(device="cpu", precision="fp32", tile=0))
     info.attention = restorer.attention
     try:
-        result = restorer.restore_tensor(image)
+        result = restorer.restore(image).pixels
     except Exception as error:
         info.ok, info.error = False, _describe(error)
     else:
-        if tuple(result.shape) != tuple(image.shape):
-            info.ok, info.error = False, f"output shape {tuple(result.shape)}, expected {tuple(image.shape)}"
-        elif not bool(torch.isfinite(result).all()):
+        if result.shape != image.shape:
+            info.ok, info.error = False, f"output shape {result.shape}, expected {image.shape}"
+        elif not np.isfinite(result).all():
             info.ok, info.error = False, "the output holds NaN or infinite values"
         else:
             info.ok = True

@@ -11,7 +11,6 @@ import os
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -19,6 +18,7 @@ import pytest
 
 from dinat_cli import batch, files, io
 from dinat_cli.cli.progress import RunDisplay
+from dinat_cli.engine import Restored
 from dinat_cli.errors import StorageError, UsageError
 
 
@@ -28,13 +28,12 @@ class StandInModel:
     def __init__(self, interrupt_at: int | None = None) -> None:
         self.seen: list[int] = []
         self.interrupt_at = interrupt_at
-        self.last = SimpleNamespace(tile=None, precision="float32")
 
-    def restore(self, pixels: np.ndarray) -> np.ndarray:
+    def restore(self, pixels: np.ndarray) -> Restored:
         self.seen.append(_index_of(pixels))
         if len(self.seen) == self.interrupt_at:
             raise KeyboardInterrupt  # as Ctrl-C arrives: on the main thread, in the model
-        return pixels
+        return Restored(pixels, tile=None, precision="fp32", retried_fp32=False, seconds=0.0)
 
 
 def _level(index: int) -> int:

@@ -22,6 +22,7 @@ from installed import DINAT
 
 from dinat_cli import checkpoints, registry
 from dinat_cli.engine import Restorer
+from dinat_cli.options import EngineOptions, ModelSource
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = PROJECT_ROOT / "examples"
@@ -49,7 +50,7 @@ def scores(tmp_path_factory: pytest.TempPathFactory) -> list[train_lite.HeldOutS
         patch.delenv(registry.REGISTRY_ENV, raising=False)
         path, entry = registry.select("denoise", model="lite-denoise")
     assert entry is not None and path.parent == registry.registry_dir()
-    restorer = Restorer.from_weights(path, variant=entry.name, device="cpu", precision="fp32")
+    restorer = Restorer.load(ModelSource(path, entry.name), EngineOptions(device="cpu", precision="fp32"))
     return train_lite.held_out_scores(restorer, EXAMPLES, with_nlm=True)
 
 

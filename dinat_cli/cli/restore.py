@@ -12,11 +12,12 @@ from pathlib import Path
 
 import typer
 
-from dinat_cli import choices, metrics, registry, reports
+from dinat_cli import metrics, registry, reports
 from dinat_cli.choices import ATTENTION_BACKENDS, DEFAULT_TILE_OVERLAP
 from dinat_cli.cli.app import Command, app
 from dinat_cli.errors import UsageError
 from dinat_cli.io import EXT_CHOICES
+from dinat_cli.options import EngineOptions, ModelSource
 
 
 @dataclass(frozen=True)
@@ -189,11 +190,14 @@ def restore(
     cluster = distributed.ClusterOptions.requested(
         ray=ray, address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker, device=device
     )
-    if cluster is None:  # Ray runs take cuda:all as well, and check their device themselves
-        choices.check_device(device)
-    choices.check_precision(precision)
-    choices.check_tile_overlap(tile_overlap, choices.parse_tile(tile))
-    choices.check_attention(attention)
+    # Ray runs take cuda:all as well: their workers are given their own device.
+    options = EngineOptions.parse(
+        device="auto" if cluster is not None else device,
+        precision=precision,
+        tile=tile,
+        tile_overlap=tile_overlap,
+        attention=attention,
+    )
     share = batch.Shard.parse(shard) if shard is not None else None
     path, entry = registry.select(task.name, model=model, weights=weights, dual_pixel=dual_pixel)
     jobs = batch.plan_jobs(input, output, ext=ext, suffix=suffix, dual_pixel=dual_pixel)
@@ -204,15 +208,7 @@ def restore(
     metrics.check_options(protocol, task.y_channel, 0)
     if report is not None:
         reports.check_report_path(report)
-    engine_options = {
-        "variant": entry.name if entry is not None else None,
-        "tlc": not no_tlc,
-        "device": device,
-        "precision": precision,
-        "tile": tile,
-        "tile_overlap": tile_overlap,
-        "attention": attention,
-    }
+    source = ModelSource(path, entry.name if entry is not None else None, tlc=not no_tlc)
 
     def score(reference, image) -> dict[str, float]:
         return metrics.score_pair(reference.pixels, image.pixels, protocol, reference.bit_depth, task.y_channel, 0)
@@ -226,23 +222,19 @@ def restore(
             from dinat_cli.process import configure_process
 
             configure_process()
-            restorer = Restorer.from_weights(path, **engine_options)
-            engine = {
-                "device": str(restorer.device),
-                "precision": str(restorer.dtype).removeprefix("torch."),
-                "in_channels": restorer.in_channels,
-            }
+            restorer = Restorer.load(source, options)
+            engine = restorer.describe()
             run = functools.partial(batch.run_batch, restorer=restorer, ground_truth=ground_truth, scorer=scorer)
-            ready = restorer.precision_note
+            ready = engine.note
         else:
             must_see = [jobs[0].sources[0]] if jobs else []
             pool = stack.enter_context(
                 distributed.WorkerPool.start(
-                    path, engine_options, cluster, must_see=must_see, ground_truth=ground_truth, scorer=scorer
+                    source, options, cluster, must_see=must_see, ground_truth=ground_truth, scorer=scorer
                 )
             )
             engine, run, ready = pool.engine, pool.run_batch, pool.ready_note
-        _check_views(engine["in_channels"], dual_pixel, path)
+        _check_views(engine.in_channels, dual_pixel, path)
         stack.enter_context(batch.output_lock(folder, share, jobs))
         stack.enter_context(_terminate_as_interrupt())
         display = stack.enter_context(RunDisplay(len(jobs), quiet=quiet))
@@ -254,8 +246,8 @@ def restore(
         "task": task.name,
         "weights": str(path),
         "model": entry.name if entry is not None else None,
-        "device": engine["device"],
-        "precision": engine["precision"],
+        "device": engine.device,
+        "precision": engine.precision,
         "shard": str(share) if share is not None else None,
         "summary": result.summary(),
         "files": [item.as_row() for item in result.results],
