@@ -23,21 +23,22 @@ import time
 
 import torch
 
-from dinat_cli import registry
 from dinat_cli.cli.bench import OFFICIAL_CONFIG, parse_size
 from dinat_cli.engine import Restorer
 from dinat_cli.model import RestoreDiNAT
+from dinat_cli.model.variants import get_variant
 from dinat_cli.process import configure_process
+from dinat_cli.registry import catalogue, locations
 
 
 def build(name: str, precision: str) -> Restorer:
     if name == "official":
         return Restorer(RestoreDiNAT(**OFFICIAL_CONFIG, tlc=True), device="cpu", precision=precision)
-    entry = registry.get(name)
+    config = get_variant(catalogue.get(name).variant).config
     return Restorer.from_weights(
-        registry.resolve(name),
-        dilations=entry.config.get("dilations"),
-        mode=entry.config.get("mode"),
+        locations.resolve(name),
+        dilations=config["dilations"],
+        mode=config["mode"],
         device="cpu",
         precision=precision,
     )

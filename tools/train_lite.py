@@ -48,6 +48,7 @@ from dinat_cli.checkpoints import save_model
 from dinat_cli.engine import Restorer
 from dinat_cli.io import read_image
 from dinat_cli.model import RestoreDiNAT
+from dinat_cli.model.variants import get_variant
 from dinat_cli.ops import native
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,24 +84,9 @@ EXAMPLE_SIGMA = 25.0
 EXAMPLE_SEED = 25
 MAX_SIGMA = 50.0
 
-# Small enough for CPU training, and every attention span fits a 64 px crop with no
-# padding: K * dilation = 40, 20, 10, 5 against features of 64, 32, 16, 8 pixels.
-CONFIG = dict(
-    inp_channels=3,
-    out_channels=3,
-    dim=16,
-    num_blocks=[1, 1, 1, 1],
-    num_refinement_blocks=1,
-    heads=[1, 2, 4, 8],
-    dilations=[8, 4, 2, 1],
-    ffn_expansion_factor=2.66,
-    bias=False,
-    LayerNorm_type="WithBias",
-    chan_adapt=True,
-    mode="hybrid",
-    dual_pixel_task=False,
-    kernel_size=5,
-)
+# The lite-denoise variant. Small enough for CPU training, and every attention span fits a
+# 64 px crop with no padding: K * dilation = 40, 20, 10, 5 against features of 64, 32, 16, 8 pixels.
+CONFIG = dict(get_variant("lite-denoise").config)
 
 log = logging.getLogger("train_lite")
 

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import typer
 
-from dinat_cli import choices, metrics, registry, reports
+from dinat_cli import choices, metrics, reports
 from dinat_cli.choices import ATTENTION_BACKENDS, DEFAULT_TILE_OVERLAP
 from dinat_cli.cli.app import Command, app
 from dinat_cli.errors import UsageError
 from dinat_cli.io import EXT_CHOICES
+from dinat_cli.model.variants import get_variant
+from dinat_cli.registry import catalogue, locations, selection
 
 
 @dataclass(frozen=True)
@@ -124,12 +126,12 @@ class _RestoreCommand(Command):
 
 def _models_note(task: str) -> str:
     paragraphs = [f"Models for {task} (pick one with --model NAME; `dinat weights list` shows all):"]
-    for entry in registry.load_registry().values():
+    for entry in catalogue.load_registry().values():
         if entry.task != task:
             continue
-        location = registry.locate(entry)
+        location = locations.locate(entry)
         defaults = [
-            "default with --dual-pixel" if key.endswith(registry.DUAL_PIXEL_SUFFIX) else "default"
+            "default with --dual-pixel" if key.endswith(catalogue.DUAL_PIXEL_SUFFIX) else "default"
             for key in entry.default_for
         ]
         fix = f"`dinat weights download {entry.name}`" if entry.url else "reinstall dinat"
@@ -195,7 +197,7 @@ def restore(
     choices.check_tile_overlap(tile_overlap, choices.parse_tile(tile))
     choices.check_attention(attention)
     share = batch.Shard.parse(shard) if shard is not None else None
-    path, entry = registry.select(task.name, model=model, weights=weights, dual_pixel=dual_pixel)
+    path, entry = selection.select(task.name, model=model, weights=weights, dual_pixel=dual_pixel)
     jobs = batch.plan_jobs(input, output, ext=ext, suffix=suffix, dual_pixel=dual_pixel)
     if share is not None:
         jobs = share.select(jobs)
@@ -204,7 +206,7 @@ def restore(
     metrics.check_options(protocol, task.y_channel, 0)
     if report is not None:
         reports.check_report_path(report)
-    config = entry.config if entry is not None else {}
+    config = get_variant(entry.variant).config if entry is not None else {}
     engine_options = {
         "dilations": config.get("dilations"),
         "mode": config.get("mode"),
