@@ -24,7 +24,6 @@ import time
 import numpy as np
 import torch
 
-from dinat_cli import registry
 from dinat_cli.checkpoints import describe
 from dinat_cli.cli.bench import parse_size
 from dinat_cli.engine import Restorer
@@ -32,13 +31,14 @@ from dinat_cli.model import RestoreDiNAT
 from dinat_cli.model.variants import OFFICIAL_CONFIG
 from dinat_cli.options import EngineOptions, ModelSource
 from dinat_cli.process import configure_process
+from dinat_cli.registry import catalogue, locations
 
 
 def build(name: str, precision: str) -> Restorer:
     options = EngineOptions(device="cpu", precision=precision)
     if name == "official":
         return Restorer(describe(RestoreDiNAT(**OFFICIAL_CONFIG, tlc=True)), options)
-    return Restorer.load(ModelSource(registry.resolve(name), variant=name), options)
+    return Restorer.load(ModelSource(locations.resolve(name), catalogue.get(name).variant), options)
 
 
 def seconds(restorer: Restorer, image: np.ndarray, tile: int, repeat: int) -> float:

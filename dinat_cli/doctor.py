@@ -121,7 +121,7 @@ class CacheInfo:
 
 @dataclass
 class WeightsInfo:
-    entries: list[dict[str, Any]] = field(default_factory=list)  # registry.Location.to_dict()
+    entries: list[dict[str, Any]] = field(default_factory=list)  # registry.locations.Location.to_dict()
     error: str | None = None
 
 
@@ -360,8 +360,8 @@ def _folder_size(folder: Path, skip: set[Path]) -> int:
 
 
 def _caches() -> list[CacheInfo]:
+    from dinat_cli.cache import cache_dir
     from dinat_cli.process import compile_cache_dir
-    from dinat_cli.registry import cache_dir
 
     folders = {"weights": Path(cache_dir()), "inductor": Path(compile_cache_dir())}
     resolved = {name: path.expanduser().resolve() for name, path in folders.items()}
@@ -376,9 +376,9 @@ def _caches() -> list[CacheInfo]:
 
 
 def _weights_info() -> WeightsInfo:
-    from dinat_cli import registry
+    from dinat_cli.registry import catalogue, locations
 
-    return WeightsInfo([registry.locate(entry).to_dict() for entry in registry.load_registry().values()])
+    return WeightsInfo([locations.locate(entry).to_dict() for entry in catalogue.load_registry().values()])
 
 
 def _smoke_test() -> SmokeTestInfo:

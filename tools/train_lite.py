@@ -85,6 +85,7 @@ EXAMPLE_SIGMA = 25.0
 EXAMPLE_SEED = 25
 MAX_SIGMA = 50.0
 
+# The lite-denoise variant (dinat_cli/model/variants.py).
 CONFIG = dict(get_variant("lite-denoise").config)
 
 log = logging.getLogger("train_lite")

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import typer
 
-from dinat_cli import metrics, registry, reports
+from dinat_cli import metrics, reports
 from dinat_cli.choices import ATTENTION_BACKENDS, DEFAULT_TILE_OVERLAP
 from dinat_cli.cli.app import Command, app
 from dinat_cli.errors import UsageError
 from dinat_cli.io import EXT_CHOICES
 from dinat_cli.options import EngineOptions, ModelSource
+from dinat_cli.registry import catalogue, locations, selection
 
 
 @dataclass(frozen=True)
@@ -125,12 +126,12 @@ class _RestoreCommand(Command):
 
 def _models_note(task: str) -> str:
     paragraphs = [f"Models for {task} (pick one with --model NAME; `dinat weights list` shows all):"]
-    for entry in registry.load_registry().values():
+    for entry in catalogue.load_registry().values():
         if entry.task != task:
             continue
-        location = registry.locate(entry)
+        location = locations.locate(entry)
         defaults = [
-            "default with --dual-pixel" if key.endswith(registry.DUAL_PIXEL_SUFFIX) else "default"
+            "default with --dual-pixel" if key.endswith(catalogue.DUAL_PIXEL_SUFFIX) else "default"
             for key in entry.default_for
         ]
         fix = f"`dinat weights download {entry.name}`" if entry.url else "reinstall dinat"
@@ -199,7 +200,7 @@ def restore(
         attention=attention,
     )
     share = batch.Shard.parse(shard) if shard is not None else None
-    path, entry = registry.select(task.name, model=model, weights=weights, dual_pixel=dual_pixel)
+    path, entry = selection.select(task.name, model=model, weights=weights, dual_pixel=dual_pixel)
     jobs = batch.plan_jobs(input, output, ext=ext, suffix=suffix, dual_pixel=dual_pixel)
     if share is not None:
         jobs = share.select(jobs)
@@ -208,7 +209,7 @@ def restore(
     metrics.check_options(protocol, task.y_channel, 0)
     if report is not None:
         reports.check_report_path(report)
-    source = ModelSource(path, entry.name if entry is not None else None, tlc=not no_tlc)
+    source = ModelSource(path, entry.variant if entry is not None else None, tlc=not no_tlc)
 
     def score(reference, image) -> dict[str, float]:
         return metrics.score_pair(reference.pixels, image.pixels, protocol, reference.bit_depth, task.y_channel, 0)
