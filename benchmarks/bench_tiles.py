@@ -21,32 +21,35 @@ import argparse
 import os
 import time
 
+import numpy as np
 import torch
 
-from dinat_cli import registry
 from dinat_cli.checkpoints import describe
 from dinat_cli.cli.bench import parse_size
 from dinat_cli.engine import Restorer
 from dinat_cli.model import RestoreDiNAT
 from dinat_cli.model.variants import OFFICIAL_CONFIG
+from dinat_cli.options import EngineOptions, ModelSource
 from dinat_cli.process import configure_process
+from dinat_cli.registry import catalogue, locations
 
 
 def build(name: str, precision: str) -> Restorer:
+    options = EngineOptions(device="cpu", precision=precision)
     if name == "official":
-        return Restorer(describe(RestoreDiNAT(**OFFICIAL_CONFIG, tlc=True)), device="cpu", precision=precision)
-    return Restorer.from_weights(registry.resolve(name), variant=name, device="cpu", precision=precision)
+        return Restorer(describe(RestoreDiNAT(**OFFICIAL_CONFIG, tlc=True)), options)
+    return Restorer.load(ModelSource(locations.resolve(name), catalogue.get(name).variant), options)
 
 
-def seconds(restorer: Restorer, image: torch.Tensor, tile: int, repeat: int) -> float:
+def seconds(restorer: Restorer, image: np.ndarray, tile: int, repeat: int) -> float:
     restorer.tile = tile
     if tile == 0:
         # The first pass at a new size maps and faults in its memory; tiles pay that once, on their first tile.
-        restorer.restore_tensor(image)
+        restorer.restore(image)
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
-        restorer.restore_tensor(image)
+        restorer.restore(image)
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
 
@@ -66,10 +69,10 @@ def main() -> None:
     restorer = build(args.model, args.precision)
     tiles = [int(tile) for tile in args.tiles.split(",")]
     print(f"{args.model}, {args.precision}, {args.threads} threads, load {os.getloadavg()[0]:.1f}")
-    restorer.restore_tensor(torch.rand(1, 3, 256, 256))  # warm-up
+    restorer.restore(np.random.default_rng(1).random((256, 256, 3), dtype=np.float32))  # warm-up
     for size in args.size:
         height, width = parse_size(size)
-        image = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
+        image = np.random.default_rng(0).random((height, width, 3), dtype=np.float32)
         auto = restorer.auto_tile(height, width)
         fits = restorer.tile_costs(height, width)
         estimates = restorer.tile_costs(height, width, within_memory=False)

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from dinat_cli.cli.bench import OFFICIAL_CONFIG
-
 _REFERENCE_TOOL = Path(__file__).resolve().parents[1] / "tools" / "make_reference_data.py"
+# The released configuration where it differs from the upstream constructor's defaults.
+_RELEASED = dict(dim=48, chan_adapt=True, mode="hybrid")
 
 
 def build_official_model() -> torch.nn.Module:
@@ -28,7 +28,7 @@ def build_official_model() -> torch.nn.Module:
     if not root:
         raise SystemExit("set DINAT_OFFICIAL_SRC to an official DiNAT-IR checkout (see this file's docstring)")
     arch = runpy.run_path(str(_REFERENCE_TOOL))["load_official"](root)
-    model = arch.RestoreDiNATLocal(**OFFICIAL_CONFIG).eval()
+    model = arch.RestoreDiNATLocal(**_RELEASED).eval()
     # The official test pipeline runs one 256x256 forward before loading weights: that
     # fixes TLC's pooling kernels from the training size.
     with torch.no_grad():

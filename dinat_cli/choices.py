@@ -16,26 +16,27 @@ PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16")
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 # Pixels shared by neighbouring tiles.
 DEFAULT_TILE_OVERLAP = 64
-# Smaller tiles change the network's behaviour: the level-1 attention span is 252 px.
-MIN_TILE = 256
-# The network takes sides that are multiples of this (three 2x pixel-unshuffles).
-SIZE_MULTIPLE = 8
+# The smallest tile `--tile auto` takes, and the engine's floor when memory runs out.
+SMALLEST_AUTO_TILE = 256
 # The environment variable that picks the CPU kernels' variant: auto, off or a variant's
 # name (see dinat_cli.ops.native).
 CPU_KERNELS_ENV = "DINAT_CPU_KERNELS"
 
 
 def parse_tile(spec: str | int | None) -> int | None:
-    """`auto` -> None (sized from free memory), `0` -> whole image always, N -> N-pixel tiles."""
+    """`auto` -> None (sized from free memory), `0` -> whole image always, N -> N-pixel tiles.
+
+    Which tile sizes a network runs exactly is the engine's check: it knows the network.
+    """
     if spec is None or str(spec).strip().lower() == "auto":
         return None
     try:
         tile = int(spec)
     except ValueError:
         raise UsageError(f"--tile {spec}: expected auto, 0 or a size in pixels") from None
-    if tile != 0 and tile < MIN_TILE:
-        raise UsageError(f"--tile {tile}: tiles below {MIN_TILE} px change the network's output; use 0 or >= 256")
-    return tile - tile % SIZE_MULTIPLE if tile else 0
+    if tile < 0:
+        raise UsageError(f"--tile {tile}: expected auto, 0 or a size in pixels")
+    return tile
 
 
 def check_tile_overlap(overlap: int, tile: int | None) -> None:
@@ -43,16 +44,18 @@ def check_tile_overlap(overlap: int, tile: int | None) -> None:
 
     Past half the tile, tiles would sit less than half a tile apart, so pixels would be
     computed three times or more along each side for nothing (the blend only needs two).
-    With `auto`, tiles may be as small as MIN_TILE.
+    With `auto`, tiles may be as small as SMALLEST_AUTO_TILE.
     """
     if overlap < 0 or overlap % 2:
         raise UsageError(f"--tile-overlap {overlap}: expected an even number of pixels >= 0")
     if tile == 0:  # never tiled
         return
-    smallest = MIN_TILE if tile is None else tile
+    smallest = SMALLEST_AUTO_TILE if tile is None else tile
     if overlap > smallest // 2:
-        which = f"--tile {tile}" if tile is not None else f"--tile auto, which may choose {MIN_TILE} px tiles"
-        needed = -(-2 * overlap // SIZE_MULTIPLE) * SIZE_MULTIPLE
+        which = f"--tile {tile}" if tile is not None else f"--tile auto, which may choose {SMALLEST_AUTO_TILE} px tiles"
+        # Rounded up to 8 px, the side multiple of the networks dinat ships, so that the
+        # engine does not round the suggested tile below twice the overlap.
+        needed = -(-2 * overlap // 8) * 8
         raise UsageError(
             f"--tile-overlap {overlap}: at most half the tile, {smallest // 2} px with {which}; "
             f"use a smaller overlap or --tile {needed} or more"

@@ -121,7 +121,7 @@ class CacheInfo:
 
 @dataclass
 class WeightsInfo:
-    entries: list[dict[str, Any]] = field(default_factory=list)  # registry.Location.to_dict()
+    entries: list[dict[str, Any]] = field(default_factory=list)  # registry.locations.Location.to_dict()
     error: str | None = None
 
 
@@ -360,8 +360,8 @@ def _folder_size(folder: Path, skip: set[Path]) -> int:
 
 
 def _caches() -> list[CacheInfo]:
+    from dinat_cli.cache import cache_dir
     from dinat_cli.process import compile_cache_dir
-    from dinat_cli.registry import cache_dir
 
     folders = {"weights": Path(cache_dir()), "inductor": Path(compile_cache_dir())}
     resolved = {name: path.expanduser().resolve() for name, path in folders.items()}
@@ -376,16 +376,19 @@ def _caches() -> list[CacheInfo]:
 
 
 def _weights_info() -> WeightsInfo:
-    from dinat_cli import registry
+    from dinat_cli.registry import catalogue, locations
 
-    return WeightsInfo([registry.locate(entry).to_dict() for entry in registry.load_registry().values()])
+    return WeightsInfo([locations.locate(entry).to_dict() for entry in catalogue.load_registry().values()])
 
 
 def _smoke_test() -> SmokeTestInfo:
+    import numpy as np
     import torch
 
+    from dinat_cli.checkpoints import describe
     from dinat_cli.engine import Restorer
     from dinat_cli.model import RestoreDiNAT
+    from dinat_cli.options import EngineOptions
 
     info = SmokeTestInfo(ran=True)
     start = time.perf_counter()
@@ -395,19 +398,18 @@ def _smoke_test() -> SmokeTestInfo:
         model = RestoreDiNAT(
             dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 1, 1], dilations=[1, 1, 1, 1]
         )
-        image = torch.rand(1, 3, SMOKE_SIZE, SMOKE_SIZE)
-    from dinat_cli.checkpoints import describe
+        image = torch.rand(SMOKE_SIZE, SMOKE_SIZE, 3).numpy()
 
-    restorer = Restorer(describe(model), device="cpu", precision="fp32", tile=0)
+    restorer = Restorer(describe(model), EngineOptions(device="cpu", precision="fp32", tile=0))
     info.attention = restorer.attention
     try:
-        result = restorer.restore_tensor(image)
+        result = restorer.restore(image).pixels
     except Exception as error:
         info.ok, info.error = False, _describe(error)
     else:
-        if tuple(result.shape) != tuple(image.shape):
-            info.ok, info.error = False, f"output shape {tuple(result.shape)}, expected {tuple(image.shape)}"
-        elif not bool(torch.isfinite(result).all()):
+        if result.shape != image.shape:
+            info.ok, info.error = False, f"output shape {result.shape}, expected {image.shape}"
+        elif not np.isfinite(result).all():
             info.ok, info.error = False, "the output holds NaN or infinite values"
         else:
             info.ok = True

@@ -1,7 +1,8 @@
 """The inference engine every task shares: device, precision, memory-aware tiling.
 
-`Restorer` takes float images in [0, 1] and returns the network's output; reading and
-writing files is the job of `dinat_cli.io`, walking folders that of `dinat_cli.batch`.
+`Restorer` runs a network, known to it only through its `ModelDescriptor`, on float
+images in [0, 1], as `EngineOptions` say. Reading and writing files is the job of
+`dinat_cli.io`, running batches that of `dinat_cli.pipeline`.
 """
 
 from __future__ import annotations
@@ -9,26 +10,19 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from dinat_cli import cpu, ops, tile_choice
-from dinat_cli.choices import (
-    DEFAULT_TILE_OVERLAP,
-    MIN_TILE,
-    check_device,
-    check_precision,
-    check_tile_overlap,
-    parse_tile,
-)
+from dinat_cli.choices import SMALLEST_AUTO_TILE, check_device, check_precision, check_tile_overlap
 from dinat_cli.descriptor import ModelDescriptor
 from dinat_cli.errors import DinatError, UsageError
+from dinat_cli.options import EngineOptions, ModelSource
 from dinat_cli.tiling import run_tiled, tile_grid
 
-DEFAULT_OVERLAP = DEFAULT_TILE_OVERLAP
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _MEMORY_SHARE = {"cuda": 0.7, "cpu": 0.5, "mps": 0.5}
 
@@ -79,77 +73,81 @@ def precision_fallback(spec: str, device: torch.device) -> str | None:
     return f"--precision {spec}: this CPU has no {name} arithmetic (it would run many times slower): running float32"
 
 
-@dataclass
-class RestoreStats:
-    """How one image was processed, for logs and reports."""
+@dataclass(frozen=True)
+class Restored:
+    """The network's output for one image, and how it was computed."""
 
-    tile: int | None = None
-    precision: str = ""
-    retried_fp32: bool = False
+    pixels: np.ndarray  # float32 (H, W, out_channels), not clipped
+    tile: int | None  # None: the whole image at once
+    precision: str  # the name the command line takes: fp32, bf16 or fp16
+    retried_fp32: bool  # a half-precision result was not finite and was computed again in float32
+    seconds: float
+
+
+@dataclass(frozen=True)
+class EngineDescription:
+    """The engine a run got, for report headers and the progress display."""
+
+    device: str
+    precision: str  # fp32, bf16 or fp16, as in each file's row
+    kernels: str
+    in_channels: int
+    out_channels: int
+    # Why the precision asked for is not the one that runs, or None.
+    note: str | None = None
 
 
 class Restorer:
     """A loaded network on a device, restoring whole images or tiles of them.
 
-    >>> restorer = Restorer.from_weights("net_g_latest.pth")            # doctest: +SKIP
-    >>> restored = restorer.restore(image)  # float32 (H, W, C) in [0, 1] # doctest: +SKIP
+    >>> restorer = Restorer.load(ModelSource("net_g_latest.pth"), EngineOptions(tile=512))  # doctest: +SKIP
+    >>> restored = restorer.restore(image)  # float32 (H, W, C) in [0, 1]                    # doctest: +SKIP
+    >>> restored.pixels, restored.tile                                                       # doctest: +SKIP
     """
 
-    def __init__(
-        self,
-        descriptor: ModelDescriptor,
-        *,
-        device: str | torch.device = "auto",
-        precision: str = "auto",
-        tile: str | int | None = "auto",
-        tile_overlap: int = DEFAULT_OVERLAP,
-        batch_size: int = 1,
-        attention: str = "auto",
-    ) -> None:
-        self.device = device if isinstance(device, torch.device) else resolve_device(device)
-        # A backend that cannot run here (no compiler, no CUDA) fails now, before any work.
-        self.attention = ops.resolve_backend(attention, self.device)
-        descriptor.set_kernels(None if attention == "auto" else attention)
-        self.dtype = resolve_precision(precision, self.device)
-        self.precision_note = precision_fallback(precision, self.device)
-        self.tile = parse_tile(tile)
-        check_tile_overlap(tile_overlap, self.tile)
-        self.tile_overlap = tile_overlap
-        self.batch_size = max(1, batch_size)
+    def __init__(self, descriptor: ModelDescriptor, options: EngineOptions | None = None) -> None:
+        options = options or EngineOptions()
         self.descriptor = descriptor
+        self.options = options
+        self.device = resolve_device(options.device)
+        # A backend that cannot run here (no compiler, no CUDA) fails now, before any work.
+        self.attention = ops.resolve_backend(options.attention, self.device)
+        descriptor.set_kernels(None if options.attention == "auto" else options.attention)
+        self.dtype = resolve_precision(options.precision, self.device)
+        self.precision_note = precision_fallback(options.precision, self.device)
+        self.tile = _tile_for(descriptor, options)
+        self.tile_overlap = options.tile_overlap
+        # The smallest tile this engine cuts: out of memory stops there.
+        self.min_tile = _round_up(max(descriptor.min_exact_tile, SMALLEST_AUTO_TILE), descriptor.size_multiple)
         self.model = descriptor.model.to(self.device).eval()
-        self.in_channels = descriptor.in_channels
-        self.out_channels = descriptor.out_channels
-        self.last = RestoreStats()
 
     @classmethod
-    def from_weights(
-        cls,
-        path: Path | str,
-        *,
-        variant: str | None = None,
-        tlc: bool = True,
-        **options: object,
-    ) -> Restorer:
-        """Load a weights file (`.pth` in any BasicSR layout, or our `.safetensors`)."""
-        from dinat_cli import checkpoints
+    def load(cls, source: ModelSource, options: EngineOptions | None = None) -> Restorer:
+        """Load `source` (a `.pth` in any BasicSR layout, or our `.safetensors`) onto the options' device."""
+        return cls(source.load(), options)
 
-        return cls(checkpoints.load(Path(path), variant=variant, tlc=tlc), **options)
+    def describe(self) -> EngineDescription:
+        return EngineDescription(
+            device=str(self.device),
+            precision=_precision_name(self.dtype),
+            kernels=self.attention,
+            in_channels=self.descriptor.in_channels,
+            out_channels=self.descriptor.out_channels,
+            note=self.precision_note,
+        )
 
-    def restore(self, image: np.ndarray) -> np.ndarray:
-        """Restore float32 `(H, W, C)` in [0, 1]; returns float32 `(H, W, out_channels)`, not clipped."""
-        if image.ndim != 3 or image.shape[2] != self.in_channels:
-            raise ValueError(f"expected (H, W, {self.in_channels}) input, got {image.shape}")
-        tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)[None]
-        return self.restore_tensor(tensor)[0].permute(1, 2, 0).numpy()
+    def restore(self, image: np.ndarray) -> Restored:
+        """Restore float32 `(H, W, in_channels)` in [0, 1].
 
-    def restore_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        """Restore `(B, C, H, W)`; returns float32 on the CPU.
-
-        Out of memory halves the tile and tries again, down to 256 px; a non-finite
+        Out of memory halves the tile and tries again, down to `min_tile`; a non-finite
         result in half precision is recomputed in float32.
         """
-        x = x.to(self.device, torch.float32)
+        channels = self.descriptor.in_channels
+        if image.ndim != 3 or image.shape[2] != channels:
+            raise ValueError(f"expected (H, W, {channels}) input, got {image.shape}")
+        began = time.perf_counter()
+        tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)[None]
+        x = tensor.to(self.device, torch.float32)
         tile = self.tile if self.tile is not None else self.auto_tile(*x.shape[-2:])
         dtype = self.dtype
         retried = False
@@ -164,8 +162,9 @@ class Restorer:
             if dtype != torch.float32 and not torch.isfinite(result).all():
                 dtype, retried = torch.float32, True
                 continue
-            self.last = RestoreStats(tile=tile or None, precision=_precision_name(dtype), retried_fp32=retried)
-            return result.cpu()
+            pixels = result.cpu()[0].permute(1, 2, 0).numpy()
+            seconds = time.perf_counter() - began
+            return Restored(pixels, tile or None, _precision_name(dtype), retried, seconds)
 
     def auto_tile(self, height: int, width: int) -> int:
         """The way `--tile auto` restores an image: 0 (whole) or a tile size, the fastest that fits in memory."""
@@ -183,11 +182,10 @@ class Restorer:
         grids = tile_choice.plans(height, width, self.tile_overlap, multiple)
         if within_memory:
             per_pixel = self.descriptor.bytes_per_pixel * (0.5 if self.dtype != torch.float32 else 1.0)
-            per_pixel *= self.batch_size
             budget = free_memory(self.device) * _MEMORY_SHARE.get(self.device.type, 0.5)
             if grids[0].height * grids[0].width * per_pixel > budget:
                 side = int(math.sqrt(budget / per_pixel))
-                largest = max(MIN_TILE, side - side % multiple)
+                largest = max(self.min_tile, side - side % multiple)
                 grids = {tile: grid for tile, grid in grids.items() if 0 < tile <= largest}
                 grids = grids or {largest: tile_grid(height, width, largest, self.tile_overlap, multiple)}
         element_size = 4 if self.dtype == torch.float32 else 2
@@ -199,14 +197,30 @@ class Restorer:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
         current = tile or max(shape)
-        if current <= MIN_TILE:
-            raise DinatError(f"out of memory on {self.device} even with {MIN_TILE} px tiles")
-        smaller = max(MIN_TILE, current // 2)
+        if current <= self.min_tile:
+            raise DinatError(f"out of memory on {self.device} even with {self.min_tile} px tiles")
+        smaller = max(self.min_tile, current // 2)
         return smaller - smaller % self.descriptor.size_multiple
 
     def _run(self, x: torch.Tensor, tile: int | None, dtype: torch.dtype) -> torch.Tensor:
         with torch.inference_mode(), _precision(self.device, dtype):
-            return run_tiled(self.model, x, tile, self.tile_overlap, self.descriptor.size_multiple, self.batch_size)
+            return run_tiled(self.model, x, tile, self.tile_overlap, self.descriptor.size_multiple)
+
+
+def _tile_for(descriptor: ModelDescriptor, options: EngineOptions) -> int | None:
+    """The options' tile as this network takes it: a whole number of its side multiple, none too small."""
+    tile = options.tile
+    if not tile:
+        return tile
+    if tile < descriptor.min_exact_tile:
+        raise UsageError(f"--tile {tile}: {descriptor.min_tile_reason}; use 0 or >= {descriptor.min_exact_tile}")
+    tile -= tile % descriptor.size_multiple
+    check_tile_overlap(options.tile_overlap, tile)
+    return tile
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
 
 
 def _precision(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:

@@ -60,7 +60,6 @@ class DecodedImage:
     alpha: np.ndarray | None = None
     icc_profile: bytes | None = None
     exif: bytes | None = None
-    source: Path | None = None
 
     def __post_init__(self) -> None:
         if self.pixels.dtype not in (np.uint8, np.uint16) or self.pixels.ndim not in (2, 3):
@@ -132,7 +131,6 @@ def read_image(path: Path) -> DecodedImage:
         alpha=None if alpha is None else np.ascontiguousarray(alpha),
         icc_profile=icc_profile,
         exif=exif,
-        source=path,
     )
 
 

@@ -53,6 +53,8 @@ class RestoreRequest:
     input: str | Path
     output: Path
     model: ModelSource
+    # The registry entry the weights are, for the report (`dinat weights list` names them).
+    model_name: str | None = None
     options: EngineOptions = field(default_factory=EngineOptions)
     ext: str = "keep"
     suffix: str = ""
@@ -115,7 +117,7 @@ def restore_files(
     document = {
         "task": request.task,
         "weights": str(request.model.weights),
-        "model": request.model.variant,
+        "model": request.model_name,
         "device": runner.engine.device,
         "precision": runner.engine.precision,
         "shard": str(request.shard) if request.shard is not None else None,

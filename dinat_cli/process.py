@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from dinat_cli import heap
-from dinat_cli.registry import cache_dir
+from dinat_cli.cache import cache_dir
 
 COMPILE_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 

@@ -12,10 +12,11 @@ import pytest
 from typer.testing import CliRunner
 from weights_server import PAYLOAD, closed_port_url, entry_for, write_registry
 
-from dinat_cli import doctor, ops, registry
+from dinat_cli import doctor, ops
 from dinat_cli.cli.app import app
 from dinat_cli.model import RestoreDiNAT
 from dinat_cli.ops import native
+from dinat_cli.registry import catalogue, locations
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,12 +25,12 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 def environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private cache and a two-entry registry: `tiny` (downloadable, missing) and `lite` (shipped, present)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    monkeypatch.delenv(registry.WEIGHTS_DIR_ENV, raising=False)
+    monkeypatch.delenv(locations.WEIGHTS_DIR_ENV, raising=False)
     monkeypatch.delenv(native.ENV_VARIABLE, raising=False)
-    shipped = entry_for("lite", b"small", filename="lite.safetensors", format="safetensors", task="denoise")
+    shipped = entry_for("lite", b"small", filename="lite.safetensors", variant="lite-denoise")
     path = write_registry(tmp_path / "registry", entry_for("tiny", PAYLOAD, url=closed_port_url()), shipped)
     (path.parent / "lite.safetensors").write_bytes(b"small")
-    monkeypatch.setenv(registry.REGISTRY_ENV, str(path))
+    monkeypatch.setenv(catalogue.REGISTRY_ENV, str(path))
     return tmp_path / "xdg" / "dinat"
 
 

@@ -10,13 +10,19 @@ import torch
 
 from dinat_cli import cpu, engine, tile_choice
 from dinat_cli.checkpoints import describe
+from dinat_cli.choices import parse_tile
 from dinat_cli.descriptor import ModelDescriptor
-from dinat_cli.engine import MIN_TILE, Restorer, parse_tile, resolve_device, resolve_precision
+from dinat_cli.engine import Restorer, resolve_device, resolve_precision
 from dinat_cli.errors import DinatError, UsageError
 from dinat_cli.model import RestoreDiNAT
+from dinat_cli.options import EngineOptions
 from dinat_cli.tiling import pad_to_multiple, run_tiled, tile_grid, tile_starts
 
 IDENTITY = ModelDescriptor.for_module(torch.nn.Identity())
+
+
+def _restorer(descriptor: ModelDescriptor, **options: object) -> Restorer:
+    return Restorer(descriptor, EngineOptions.parse(**options))
 
 
 def _conv_net() -> torch.nn.Module:
@@ -61,7 +67,7 @@ def test_restorer_output_is_the_network_output_on_the_padded_image() -> None:
     torch.manual_seed(0)
     model = RestoreDiNAT(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, chan_adapt=True, tlc=True)
     image = np.random.default_rng(0).random((40, 48, 3), dtype=np.float32)
-    restored = Restorer(describe(model), device="cpu").restore(image)
+    restored = _restorer(describe(model), device="cpu").restore(image).pixels
     with torch.inference_mode():
         expected = model(torch.from_numpy(image).permute(2, 0, 1)[None])[0].permute(1, 2, 0).numpy()
     assert np.abs(restored - expected).max() <= 1e-6
@@ -77,26 +83,26 @@ def test_out_of_memory_halves_the_tile_and_retries() -> None:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return net(x)
 
-    restorer = Restorer(IDENTITY, device="cpu", tile=0)
+    restorer = _restorer(IDENTITY, device="cpu", tile=0)
     restorer.model = forward
     image = np.random.default_rng(1).random((560, 600, 3), dtype=np.float32)
     result = restorer.restore(image)
-    assert restorer.last.tile == 296  # the whole 600 px image failed; half of it, rounded down to a multiple of 8
-    assert max(seen) == 600 and result.shape == image.shape
+    assert result.tile == 296  # the whole 600 px image failed; half of it, rounded down to a multiple of 8
+    assert max(seen) == 600 and result.pixels.shape == image.shape
 
 
 def test_out_of_memory_at_the_smallest_tile_is_a_clear_error() -> None:
     def forward(x: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 999 bytes")
 
-    restorer = Restorer(IDENTITY, device="cpu", tile=MIN_TILE)
+    restorer = _restorer(IDENTITY, device="cpu", tile=256)
     restorer.model = forward
     with pytest.raises(DinatError, match="out of memory on cpu even with 256 px tiles"):
         restorer.restore(np.zeros((300, 300, 3), dtype=np.float32))
 
 
 def test_other_runtime_errors_are_not_taken_for_memory() -> None:
-    restorer = Restorer(IDENTITY, device="cpu")
+    restorer = _restorer(IDENTITY, device="cpu")
     restorer.model = lambda x: (_ for _ in ()).throw(RuntimeError("shape mismatch"))
     with pytest.raises(RuntimeError, match="shape mismatch"):
         restorer.restore(np.zeros((8, 8, 3), dtype=np.float32))
@@ -119,64 +125,75 @@ def test_non_finite_half_precision_output_is_recomputed_in_float32(cpu_arithmeti
         half = torch.is_autocast_enabled("cpu")
         return torch.full_like(x, float("inf")) if half else x * 0.5
 
-    restorer = Restorer(IDENTITY, device="cpu", precision="bf16")
+    restorer = _restorer(IDENTITY, device="cpu", precision="bf16")
     restorer.model = forward
     result = restorer.restore(np.ones((16, 16, 3), dtype=np.float32))
-    assert restorer.last.retried_fp32 and restorer.last.precision == "fp32"
-    assert np.all(result == 0.5)
+    assert result.retried_fp32 and result.precision == "fp32"
+    assert np.all(result.pixels == 0.5)
 
 
 def test_auto_tile_follows_free_memory(monkeypatch) -> None:
-    restorer = Restorer(describe(RestoreDiNAT(dim=48)), device="cpu")
+    restorer = _restorer(describe(RestoreDiNAT(dim=48)), device="cpu")
     monkeypatch.setattr(engine, "free_memory", lambda device: 64e9)
     assert restorer.auto_tile(1080, 1920) == 0
     monkeypatch.setattr(engine, "free_memory", lambda device: 4e9)
     tile = restorer.auto_tile(4000, 6000)
-    assert tile >= MIN_TILE and tile % 8 == 0 and tile * tile * 12_000 <= 0.5 * 4e9
+    assert tile >= 256 and tile % 8 == 0 and tile * tile * 12_000 <= 0.5 * 4e9
     monkeypatch.setattr(engine, "free_memory", lambda device: 1e6)
-    assert restorer.auto_tile(4000, 6000) == MIN_TILE
+    assert restorer.auto_tile(4000, 6000) == 256
 
 
 @pytest.mark.parametrize("native", [True, None])
 def test_16_bit_precision_runs_as_asked_where_the_cpu_computes_it_or_cannot_tell(cpu_arithmetic, native) -> None:
     cpu_arithmetic(native)
     for spec, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
-        restorer = Restorer(IDENTITY, device="cpu", precision=spec)
+        restorer = _restorer(IDENTITY, device="cpu", precision=spec)
         assert restorer.dtype == dtype and restorer.precision_note is None
 
 
 def test_16_bit_precision_without_cpu_arithmetic_runs_float32_and_says_so(cpu_arithmetic) -> None:
     cpu_arithmetic(False)
     for spec, name in (("bf16", "bfloat16"), ("fp16", "float16")):
-        restorer = Restorer(IDENTITY, device="cpu", precision=spec)
+        restorer = _restorer(IDENTITY, device="cpu", precision=spec)
         assert restorer.dtype == torch.float32
         assert restorer.precision_note == (
             f"--precision {spec}: this CPU has no {name} arithmetic (it would run many times slower): running float32"
         )
-        restorer.restore(np.ones((16, 16, 3), dtype=np.float32))
-        assert restorer.last.precision == "fp32"
-    assert Restorer(IDENTITY, device="cpu", precision="auto").precision_note is None
+        assert restorer.restore(np.ones((16, 16, 3), dtype=np.float32)).precision == "fp32"
+    assert _restorer(IDENTITY, device="cpu", precision="auto").precision_note is None
 
 
-@pytest.mark.parametrize("spec, expected", [("auto", None), ("0", 0), ("512", 512), ("517", 512), (None, None)])
+@pytest.mark.parametrize("spec, expected", [("auto", None), ("0", 0), ("512", 512), ("517", 517), (None, None)])
 def test_tile_option(spec, expected) -> None:
     assert parse_tile(spec) == expected
 
 
-@pytest.mark.parametrize("spec", ["100", "big", "-5"])
+@pytest.mark.parametrize("spec", ["big", "-5"])
 def test_bad_tile_option_is_a_usage_error(spec: str) -> None:
     with pytest.raises(UsageError, match="--tile"):
         parse_tile(spec)
 
 
+def test_the_network_says_which_tiles_it_runs_exactly() -> None:
+    official = describe(RestoreDiNAT(dim=8, chan_adapt=True))
+    assert _restorer(official, device="cpu", tile=517).tile == 512  # a whole number of the side multiple
+    with pytest.raises(
+        UsageError,
+        match="--tile 200: smaller tiles change the network's output: its attention spans 252 px; use 0 or >= 256",
+    ):
+        _restorer(official, device="cpu", tile=200)
+    lite = describe(RestoreDiNAT(dim=8, dilations=[8, 4, 2, 1], kernel_size=5))
+    assert _restorer(lite, device="cpu", tile=200).tile == 200
+
+
 def test_an_overlap_over_half_the_tile_is_refused_not_clamped() -> None:
     # Past half the tile, pixels would be computed in three tiles or more along a side.
     with pytest.raises(UsageError, match="--tile-overlap 300: at most half the tile, 256 px with --tile 512"):
-        Restorer(IDENTITY, device="cpu", tile=512, tile_overlap=300)
+        _restorer(IDENTITY, device="cpu", tile=512, tile_overlap=300)
     with pytest.raises(UsageError, match="--tile auto, which may choose 256 px tiles"):
-        Restorer(IDENTITY, device="cpu", tile="auto", tile_overlap=130)
-    assert Restorer(IDENTITY, device="cpu", tile=512, tile_overlap=256).tile_overlap == 256
-    assert Restorer(IDENTITY, device="cpu", tile=0, tile_overlap=300).tile_overlap == 300  # never tiled
+        _restorer(IDENTITY, device="cpu", tile="auto", tile_overlap=130)
+    assert _restorer(IDENTITY, device="cpu", tile=512, tile_overlap=256).tile_overlap == 256
+    assert _restorer(IDENTITY, device="cpu", tile=0, tile_overlap=300).tile_overlap == 300  # never tiled
 
 
 def test_device_and_precision_defaults_on_cpu(cpu_arithmetic) -> None:
@@ -195,11 +212,11 @@ def test_device_and_precision_defaults_on_cpu(cpu_arithmetic) -> None:
 
 def test_attention_backend_is_pinned_on_the_model_and_checked_early(monkeypatch) -> None:
     model = RestoreDiNAT(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1)
-    restorer = Restorer(describe(model), device="cpu", attention="torch")
+    restorer = _restorer(describe(model), device="cpu", attention="torch")
     assert restorer.attention == "torch"
     assert {layer.backend for layer in model.modules() if hasattr(layer, "backend")} == {"torch"}
     with pytest.raises(UsageError, match="--attention flex is not available"):
-        Restorer(describe(model), device="cpu", attention="flex")
+        _restorer(describe(model), device="cpu", attention="flex")
 
 
 @pytest.mark.parametrize(
@@ -220,7 +237,7 @@ def test_tile_grid_is_how_run_tiled_cuts(height, width, tile, overlap) -> None:
 
 def test_auto_tile_takes_the_fastest_way_that_fits(monkeypatch) -> None:
     monkeypatch.setattr(engine, "free_memory", lambda device: 1e15)
-    restorer = Restorer(describe(RestoreDiNAT(dim=16)), device="cpu")
+    restorer = _restorer(describe(RestoreDiNAT(dim=16)), device="cpu")
     costs = restorer.tile_costs(2000, 3000)
     assert set(costs) == {0, *(tile for tile in tile_choice.CANDIDATE_TILES if tile < 3000)}
     assert restorer.auto_tile(2000, 3000) == min(costs, key=costs.get) != 0  # measured: tiles beat whole

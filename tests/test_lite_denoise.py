@@ -20,8 +20,11 @@ import numpy as np
 import pytest
 from installed import DINAT
 
-from dinat_cli import checkpoints, registry
+from dinat_cli import checkpoints
 from dinat_cli.engine import Restorer
+from dinat_cli.model.variants import get_variant
+from dinat_cli.options import EngineOptions, ModelSource
+from dinat_cli.registry import catalogue, locations, selection
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = PROJECT_ROOT / "examples"
@@ -45,11 +48,11 @@ def scores(tmp_path_factory: pytest.TempPathFactory) -> list[train_lite.HeldOutS
     """The lite model's scores and OpenCV's best, the model found through the shipped registry as the CLI finds it."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg")))
-        patch.delenv(registry.WEIGHTS_DIR_ENV, raising=False)
-        patch.delenv(registry.REGISTRY_ENV, raising=False)
-        path, entry = registry.select("denoise", model="lite-denoise")
-    assert entry is not None and path.parent == registry.registry_dir()
-    restorer = Restorer.from_weights(path, variant=entry.name, device="cpu", precision="fp32")
+        patch.delenv(locations.WEIGHTS_DIR_ENV, raising=False)
+        patch.delenv(catalogue.REGISTRY_ENV, raising=False)
+        path, entry = selection.select("denoise", model="lite-denoise")
+    assert entry is not None and path.parent == catalogue.registry_dir()
+    restorer = Restorer.load(ModelSource(path, entry.variant), EngineOptions(device="cpu", precision="fp32"))
     return train_lite.held_out_scores(restorer, EXAMPLES, with_nlm=True)
 
 
@@ -69,19 +72,19 @@ def test_lite_model_gains_8_db_and_beats_opencv_nlm(scores: list[train_lite.Held
 
 
 def test_lite_model_is_small_and_self_describing() -> None:
-    entry = registry.get("lite-denoise")
+    entry = catalogue.get("lite-denoise")
     assert entry.url is None and entry.task == "denoise"
     assert entry.size <= 5_000_000
-    _, config = checkpoints.read_state_dict(registry.registry_dir() / entry.filename)
-    assert config == entry.config
-    assert registry.default_model("denoise").name == "sidd"  # the official model stays the default
+    _, config = checkpoints.read_state_dict(catalogue.registry_dir() / entry.filename)
+    assert config == json.loads(json.dumps(dict(get_variant(entry.variant).config)))  # as JSON holds it
+    assert catalogue.default_model("denoise").name == "sidd"  # the official model stays the default
 
 
 def test_quick_start_command_scores_what_the_engine_gives(
     scores: list[train_lite.HeldOutScore], tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    overrides = (registry.WEIGHTS_DIR_ENV, registry.REGISTRY_ENV)
+    overrides = (locations.WEIGHTS_DIR_ENV, catalogue.REGISTRY_ENV)
     env = {key: value for key, value in os.environ.items() if key not in overrides}
     completed = subprocess.run(
         [

@@ -27,6 +27,7 @@ import torch
 import dinat_cli
 from dinat_cli.checkpoints import describe
 from dinat_cli.engine import Restorer
+from dinat_cli.options import EngineOptions
 from dinat_cli.model import RestoreDiNAT
 
 def resident_mb():
@@ -41,7 +42,8 @@ def kept_mb():
 
 environment = dict(os.environ)
 model = RestoreDiNAT(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1)
-Restorer(describe(model), device="cpu").restore(np.random.default_rng(0).random((64, 64, 3), dtype=np.float32))
+image = np.random.default_rng(0).random((64, 64, 3), dtype=np.float32)
+Restorer(describe(model), EngineOptions(device="cpu")).restore(image)
 library = {"kept_mb": kept_mb(), "environment_changed": dict(os.environ) != environment}
 dinat_cli.configure_process()
 opted_in = {"kept_mb": kept_mb(), "compile_cache": os.environ.get("TORCHINDUCTOR_CACHE_DIR")}

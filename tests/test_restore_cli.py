@@ -219,13 +219,11 @@ def test_missing_registry_weights_exit_2_before_touching_the_output(tmp_path: Pa
                 "models": [
                     {
                         "name": "gopro",
-                        "task": "deblur",
+                        "variant": "gopro",
                         "description": "test entry",
                         "sha256": "ab" * 32,
                         "size": 123,
                         "filename": "net_g_latest.pth",
-                        "format": "pth",
-                        "config": {},
                         "default_for": ["deblur"],
                         "url": "http://127.0.0.1:9/x.pth",
                     }

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from weights_server import PAYLOAD, closed_port_url, entry_for, serving, write_registry
 
-from dinat_cli import registry
 from dinat_cli.cli import main
+from dinat_cli.registry import catalogue, locations
 
 GOPRO_SHA256 = "33ac76b9c05cc8d4c0179f62edc9d4d27c19d79c69ec2fbf6eb45e119d22b829"
 
@@ -20,8 +20,8 @@ GOPRO_SHA256 = "33ac76b9c05cc8d4c0179f62edc9d4d27c19d79c69ec2fbf6eb45e119d22b829
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.setenv("COLUMNS", "200")  # a wide table: paths are not cut
-    monkeypatch.delenv(registry.WEIGHTS_DIR_ENV, raising=False)
-    monkeypatch.delenv(registry.REGISTRY_ENV, raising=False)
+    monkeypatch.delenv(locations.WEIGHTS_DIR_ENV, raising=False)
+    monkeypatch.delenv(catalogue.REGISTRY_ENV, raising=False)
     return tmp_path / "xdg" / "dinat"
 
 
@@ -40,9 +40,9 @@ def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
 
 
 def _use_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str) -> None:
-    shipped = entry_for("lite", b"small", filename="lite.safetensors", format="safetensors", task="denoise")
+    shipped = entry_for("lite", b"small", filename="lite.safetensors", variant="lite-denoise")
     path = write_registry(tmp_path / "registry", entry_for("tiny", PAYLOAD, url=url), shipped)
-    monkeypatch.setenv(registry.REGISTRY_ENV, str(path))
+    monkeypatch.setenv(catalogue.REGISTRY_ENV, str(path))
 
 
 @pytest.fixture
@@ -62,6 +62,19 @@ def test_missing_gopro_weights(run, cache: Path) -> None:
     assert err.count("\n") == 1 and err.startswith("error: missing weights 'gopro' (deblur)")
     for part in (GOPRO_SHA256, "`dinat weights download gopro`", "`--weights PATH`", str(cache)):
         assert part in err
+
+
+def test_an_entry_naming_an_unknown_variant_is_one_line_naming_file_and_entry(
+    run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_registry(tmp_path, entry_for("mine", b"a"), entry_for("typo", b"b", variant="gopr0"))
+    monkeypatch.setenv(catalogue.REGISTRY_ENV, str(path))
+    code, out, err = run("list")
+    assert (code, out) == (1, "")
+    assert err.count("\n") == 1
+    assert err.startswith(
+        f"error: weights registry {path}: entry 'typo' names an unknown variant 'gopr0' (known: gopro,"
+    )
 
 
 def test_list_shows_every_official_entry(run) -> None:
@@ -138,7 +151,7 @@ def test_every_subcommand_takes_a_name_or_a_file(run, tiny_registry: None, tmp_p
 
 def test_the_shipped_model_verifies_by_name(run) -> None:
     code, out, _ = run("verify", "lite-denoise")
-    assert code == 0 and f"{registry.resolve('lite-denoise')}: lite-denoise" in out and "sha256 verified" in out
+    assert code == 0 and f"{locations.resolve('lite-denoise')}: lite-denoise" in out and "sha256 verified" in out
 
 
 def test_list_fits_80_columns_without_cutting_names_or_paths(run, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -149,8 +162,8 @@ def test_list_fits_80_columns_without_cutting_names_or_paths(run, monkeypatch: p
     table = [line for line in lines if line[:1] in "┏┃┡│└"]
     assert table and all(len(line) <= 80 for line in table)
     names = {line.split("│")[1].strip() for line in table if line.startswith("│")}
-    assert names == set(registry.load_registry())
-    assert f"lite-denoise: {registry.resolve('lite-denoise')}" in lines
+    assert names == set(catalogue.load_registry())
+    assert f"lite-denoise: {locations.resolve('lite-denoise')}" in lines
 
 
 def test_verify_all_rehashes_what_it_finds(run, tiny_registry: None, cache: Path) -> None:
@@ -162,7 +175,7 @@ def test_verify_all_rehashes_what_it_finds(run, tiny_registry: None, cache: Path
     stat = file.stat()
     file.write_bytes(PAYLOAD[:-1] + b"\0")
     os.utime(file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert registry.locate(registry.get("tiny")).status == "present"
+    assert locations.locate(catalogue.get("tiny")).status == "present"
     code, out, err = run("verify", "--all")
     assert code == 2 and "tiny: damaged" in out and "damaged: tiny" in err
 

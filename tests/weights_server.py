@@ -79,13 +79,11 @@ def entry_for(name: str, data: bytes, **fields: Any) -> dict[str, Any]:
     """A registry entry describing `data`; `fields` override the defaults."""
     return {
         "name": name,
-        "task": "deblur",
+        "variant": "gopro",
         "description": f"test checkpoint {name}",
         "sha256": hashlib.sha256(data).hexdigest(),
         "size": len(data),
         "filename": f"{name}.pth",
-        "format": "pth",
-        "config": {},
         **fields,
     }
 

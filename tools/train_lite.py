@@ -50,6 +50,7 @@ from dinat_cli.io import read_image
 from dinat_cli.model import RestoreDiNAT
 from dinat_cli.model.variants import get_variant
 from dinat_cli.ops import native
+from dinat_cli.options import EngineOptions, ModelSource
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,6 +85,7 @@ EXAMPLE_SIGMA = 25.0
 EXAMPLE_SEED = 25
 MAX_SIGMA = 50.0
 
+# The lite-denoise variant (dinat_cli/model/variants.py).
 CONFIG = dict(get_variant("lite-denoise").config)
 
 log = logging.getLogger("train_lite")
@@ -213,7 +215,7 @@ def held_out_scores(restorer: Restorer, examples: Path, with_nlm: bool = False) 
     for path in sorted((examples / "noisy").glob("*.png")):
         noisy = read_image(path)
         clean = read_image(examples / "clean" / path.name).pixels
-        restored = noisy.with_float_pixels(restorer.restore(noisy.to_float())).pixels
+        restored = noisy.with_float_pixels(restorer.restore(noisy.to_float()).pixels).pixels
         nlm, strength = best_nlm(clean, noisy.pixels) if with_nlm else (None, None)
         scores.append(
             HeldOutScore(
@@ -230,7 +232,8 @@ def held_out_scores(restorer: Restorer, examples: Path, with_nlm: bool = False) 
 
 def held_out_psnr(model: RestoreDiNAT, examples: Path) -> list[HeldOutScore]:
     """The model's scores on the examples, in the middle of training."""
-    restorer = Restorer(describe(model), device=next(model.parameters()).device, precision="fp32", tile=0)
+    device = str(next(model.parameters()).device)
+    restorer = Restorer(describe(model), EngineOptions(device=device, precision="fp32", tile=0))
     scores = held_out_scores(restorer, examples)
     model.train()
     return scores
@@ -238,7 +241,7 @@ def held_out_psnr(model: RestoreDiNAT, examples: Path) -> list[HeldOutScore]:
 
 def table(weights: Path, examples: Path) -> str:
     """README's table: PSNR on the held-out examples, noisy, OpenCV NLM at its best, and these weights."""
-    restorer = Restorer.from_weights(weights, variant="lite-denoise", device="cpu", precision="fp32")
+    restorer = Restorer.load(ModelSource(weights, "lite-denoise"), EngineOptions(device="cpu", precision="fp32"))
     scores = held_out_scores(restorer, examples, with_nlm=True)
     lines = ["| image | noisy | OpenCV NLM (best h) | lite-denoise |", "|---|---|---|---|"]
     for grey in (False, True):

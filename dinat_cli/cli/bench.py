@@ -23,11 +23,11 @@ from rich.table import Table
 from dinat_cli.choices import ATTENTION_BACKENDS
 from dinat_cli.cli.app import app
 from dinat_cli.errors import UsageError
+from dinat_cli.options import EngineOptions
 
 if TYPE_CHECKING:
     import torch
 
-    from dinat_cli.checkpoints import describe
     from dinat_cli.engine import Restorer
 
 # The official configuration of every released checkpoint.
@@ -103,35 +103,35 @@ def _rss() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def run_bench(restorer: Restorer, size: tuple[int, int], repeat: int, attention: str, seed: int = 0) -> BenchResult:
+def run_bench(restorer: Restorer, size: tuple[int, int], repeat: int, seed: int = 0) -> BenchResult:
     """Warm up once, then time `repeat` restores of one synthetic `size` image."""
-    import torch
+    import numpy as np
 
-    from dinat_cli import heap, ops
+    from dinat_cli import heap
 
     height, width = size
-    generator = torch.Generator().manual_seed(seed)
-    image = torch.rand(1, restorer.in_channels, height, width, generator=generator)
+    channels = restorer.descriptor.in_channels
+    image = np.random.default_rng(seed).random((height, width, channels), dtype=np.float32)
     # The peak includes the warm-up: freed memory stays in the process heap for reuse
     # (dinat_cli.heap), so only the first pass shows how much the working set needs, and
     # what earlier sizes left in the heap is returned first.
     heap.release_free_memory()
-    with ops.use_backend(attention), peak_memory(restorer.device) as peak:
+    with peak_memory(restorer.device) as peak:
         start = time.perf_counter()
-        restorer.restore_tensor(image)
+        restored = restorer.restore(image)
         first = time.perf_counter() - start
         times = []
         for _ in range(repeat):
             start = time.perf_counter()
-            restorer.restore_tensor(image)
+            restored = restorer.restore(image)
             times.append(time.perf_counter() - start)
     median = sorted(times)[len(times) // 2]
     return BenchResult(
         size=f"{width}x{height}",
-        precision=restorer.last.precision,
+        precision=restored.precision,
         device=str(restorer.device),
-        attention=ops.resolve_backend(attention, restorer.device),
-        tile=restorer.last.tile,
+        attention=restorer.attention,
+        tile=restored.tile,
         first_ms=first * 1e3,
         ms=median * 1e3,
         megapixels_per_s=height * width / median / 1e6,
@@ -158,7 +158,7 @@ def bench(
     sizes = [parse_size(spec) for spec in size or DEFAULT_SIZES]
     import torch
 
-    from dinat_cli import ops
+    from dinat_cli.checkpoints import describe
     from dinat_cli.engine import Restorer
     from dinat_cli.model import RestoreDiNAT
     from dinat_cli.model.variants import OFFICIAL_CONFIG
@@ -169,11 +169,11 @@ def bench(
     if threads:
         torch.set_num_threads(threads)
     model = RestoreDiNAT(**{**OFFICIAL_CONFIG, "dim": dim}, tlc=tlc)
-    restorer = Restorer(describe(model), device=device, precision=precision, tile=tile)
-    ops.resolve_backend(attention, restorer.device)  # an unavailable backend fails before any work
+    options = EngineOptions.parse(device=device, precision=precision, tile=tile, attention=attention)
+    restorer = Restorer(describe(model), options)
     if restorer.precision_note:
         typer.echo(restorer.precision_note, err=True)
-    results = [run_bench(restorer, shape, repeat, attention) for shape in sizes]
+    results = [run_bench(restorer, shape, repeat) for shape in sizes]
     if as_json:
         for result in results:
             typer.echo(json.dumps(asdict(result)))

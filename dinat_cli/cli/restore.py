@@ -10,11 +10,12 @@ from pathlib import Path
 
 import typer
 
-from dinat_cli import registry, reports
+from dinat_cli import reports
 from dinat_cli.choices import ATTENTION_BACKENDS, DEFAULT_TILE_OVERLAP
 from dinat_cli.cli.app import Command, app
 from dinat_cli.options import EngineOptions, ModelSource
 from dinat_cli.planning import EXT_CHOICES, Shard
+from dinat_cli.registry import catalogue, locations, selection
 
 
 @dataclass(frozen=True)
@@ -119,12 +120,12 @@ class _RestoreCommand(Command):
 
 def _models_note(task: str) -> str:
     paragraphs = [f"Models for {task} (pick one with --model NAME; `dinat weights list` shows all):"]
-    for entry in registry.load_registry().values():
+    for entry in catalogue.load_registry().values():
         if entry.task != task:
             continue
-        location = registry.locate(entry)
+        location = locations.locate(entry)
         defaults = [
-            "default with --dual-pixel" if key.endswith(registry.DUAL_PIXEL_SUFFIX) else "default"
+            "default with --dual-pixel" if key.endswith(catalogue.DUAL_PIXEL_SUFFIX) else "default"
             for key in entry.default_for
         ]
         fix = f"`dinat weights download {entry.name}`" if entry.url else "reinstall dinat"
@@ -196,12 +197,13 @@ def restore(
         attention=attention,
     )
     share = Shard.parse(shard) if shard is not None else None
-    path, entry = registry.select(task.name, model=model, weights=weights, dual_pixel=dual_pixel)
+    path, entry = selection.select(task.name, model=model, weights=weights, dual_pixel=dual_pixel)
     request = pipeline.RestoreRequest(
         task=task.name,
         input=input,
         output=output,
-        model=ModelSource(path, entry.name if entry is not None else None, tlc=not no_tlc),
+        model=ModelSource(path, entry.variant if entry is not None else None, tlc=not no_tlc),
+        model_name=entry.name if entry is not None else None,
         options=options,
         ext=ext,
         suffix=suffix,

@@ -11,9 +11,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from dinat_cli import registry
 from dinat_cli.cli.app import CommandGroup, app
 from dinat_cli.errors import CheckpointError, UsageError
+from dinat_cli.registry import catalogue, checksums, locations
 
 weights_app = CommandGroup(
     help="List, verify, download and import the checkpoints dinat knows.",
@@ -29,16 +29,16 @@ def list_weights(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array instead of a table.")] = False,
 ) -> None:
     """Every registry entry: task, size, sha256, status (present, missing, damaged) and path."""
-    locations = [registry.locate(entry) for entry in registry.load_registry().values()]
+    found = [locations.locate(entry) for entry in catalogue.load_registry().values()]
     if as_json:
-        typer.echo(json.dumps([location.to_dict() for location in locations], indent=2))
+        typer.echo(json.dumps([location.to_dict() for location in found], indent=2))
         return
     # Narrow enough for 80 columns (cron mail, pipes); paths follow it whole, one a line,
     # for a terminal to wrap: folded into a column they could not be copied.
     table = Table()
     for column in ("name", "task", "default", "size", "sha256", "status"):
         table.add_column(column, overflow="fold")
-    for location in locations:
+    for location in found:
         entry = location.entry
         table.add_row(
             entry.name,
@@ -50,14 +50,14 @@ def list_weights(
         )
     console = Console(soft_wrap=True)
     console.print(table)
-    for location in locations:
+    for location in found:
         if location.path is not None:
             console.print(f"{location.entry.name}: {location.path}", markup=False, highlight=False)
 
 
 def _default_label(default_for: str) -> str:
     # The task column names the task: here only whether it is the one for dual-pixel input.
-    return "dual-pixel" if default_for.endswith(registry.DUAL_PIXEL_SUFFIX) else "yes"
+    return "dual-pixel" if default_for.endswith(catalogue.DUAL_PIXEL_SUFFIX) else "yes"
 
 
 # One rule for every checkpoint argument: a registry entry's name, else a file's path
@@ -65,8 +65,8 @@ def _default_label(default_for: str) -> str:
 _CHECKPOINT_HELP = "A registry entry's name (see `dinat weights list`) or a checkpoint file."
 
 
-def _name_or_file(spec: str) -> registry.Entry | Path:
-    entries = registry.load_registry()
+def _name_or_file(spec: str) -> catalogue.Entry | Path:
+    entries = catalogue.load_registry()
     if spec in entries:
         return entries[spec]
     if not Path(spec).is_file():
@@ -74,11 +74,11 @@ def _name_or_file(spec: str) -> registry.Entry | Path:
     return Path(spec)
 
 
-def _reread(entry: registry.Entry) -> registry.Location:
+def _reread(entry: catalogue.Entry) -> locations.Location:
     """Where `entry`'s file is, its checksum read again: the remembered verdict is what verify distrusts."""
-    location = registry.locate(entry)
-    if location.path and location.status == "present" and registry.checksum(location.path, fresh=True) != entry.sha256:
-        location = registry.Location(entry, "damaged", location.path)
+    location = locations.locate(entry)
+    if location.path and location.status == "present" and checksums.checksum(location.path, fresh=True) != entry.sha256:
+        location = locations.Location(entry, "damaged", location.path)
     return location
 
 
@@ -94,18 +94,18 @@ def verify(
         raise UsageError("give either a NAME or FILE, or --all")
     if checkpoint is not None:
         target = _name_or_file(checkpoint)
-        if isinstance(target, registry.Entry):
+        if isinstance(target, catalogue.Entry):
             location = _reread(target)
             if location.path is None or location.status != "present":
-                raise CheckpointError(registry.unavailable_message(location))
+                raise CheckpointError(locations.unavailable_message(location))
             target = location.path
-        verdict = registry.check(target, fresh=True)
+        verdict = locations.check(target, fresh=True)
         if verdict.status != "intact":
             raise CheckpointError(verdict.reason)
         typer.echo(verdict.reason)
         return
     damaged = []
-    for entry in registry.load_registry().values():
+    for entry in catalogue.load_registry().values():
         location = _reread(entry)
         typer.echo(f"{entry.name}: {location.status}" + (f" ({location.path})" if location.path else ""))
         if location.status == "damaged":
@@ -122,22 +122,24 @@ def download(
     all_entries: Annotated[bool, typer.Option("--all", help="Fetch every entry that is not present.")] = False,
 ) -> None:
     """Download into the cache over HTTP(S), resuming a partial file, then check its sha256."""
+    from dinat_cli.registry import downloads  # urllib and tqdm: only for the commands that fetch
+
     if (checkpoint is None) == (not all_entries):
         raise UsageError("give either a NAME or --all")
     if checkpoint is None:
-        chosen = list(registry.load_registry().values())
+        chosen = list(catalogue.load_registry().values())
     elif isinstance(target := _name_or_file(checkpoint), Path):
         raise UsageError(f"{target} is a file, not a registry entry: `dinat weights import {target}` copies it")
     else:
         chosen = [target]
     for entry in chosen:
-        location = registry.locate(entry)
+        location = locations.locate(entry)
         if location.status == "present":
             typer.echo(f"{entry.name}: already present at {location.path}")
         elif all_entries and not entry.url:
             typer.echo(f"{entry.name}: {location.status}, ships with dinat: reinstall dinat to restore it")
         else:
-            path = registry.download(entry, progress=sys.stderr.isatty())
+            path = downloads.download(entry, progress=sys.stderr.isatty())
             typer.echo(f"{entry.name}: downloaded and verified, {path}")
 
 
@@ -148,10 +150,12 @@ def import_weights(
     ],
 ) -> None:
     """Verify a checkpoint you already have and copy it into the cache."""
+    from dinat_cli.registry import downloads
+
     target = _name_or_file(checkpoint)
-    if isinstance(target, registry.Entry):
+    if isinstance(target, catalogue.Entry):
         raise UsageError(f"{target.name} is a registry entry, not a file: `dinat weights download {target.name}`")
-    entry, path = registry.import_file(target)
+    entry, path = downloads.import_file(target)
     typer.echo(f"{entry.name}: verified and imported to {path}")
 
 
@@ -161,10 +165,10 @@ def path(
 ) -> None:
     """Print the verified file of a registry entry or a checkpoint file; exit 2, saying why, if there is none."""
     target = _name_or_file(checkpoint)
-    if isinstance(target, registry.Entry):
-        typer.echo(registry.resolve(target.name))
+    if isinstance(target, catalogue.Entry):
+        typer.echo(locations.resolve(target.name))
         return
-    verdict = registry.check(target)
+    verdict = locations.check(target)
     if verdict.status != "intact":
         raise CheckpointError(verdict.reason)
     typer.echo(target.resolve())

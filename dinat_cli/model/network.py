@@ -8,11 +8,13 @@ import torch
 from torch import nn
 
 from dinat_cli import ops
-from dinat_cli.choices import SIZE_MULTIPLE
 from dinat_cli.model.attention import NeighborhoodAttention2D
 from dinat_cli.model.blocks import DualTransBlock
 from dinat_cli.model.layers import Downsample, PatchEmbed, Upsample
 from dinat_cli.model.pooling import tlc_kernel
+
+# The network takes sides that are multiples of this (three 2x pixel-unshuffles).
+SIZE_MULTIPLE = 8
 
 
 class RestoreDiNAT(nn.Module):
