@@ -1,6 +1,7 @@
 """dinat: restore photos with DiNAT-IR (dilated neighbourhood attention).
 
-The Python API: `Restorer` (engine) runs a network on float images;
+The Python API: `dinat_cli.pipeline.restore_files` restores a batch of files in one call,
+as the restore commands do; `Restorer` (engine) runs a network on float images;
 `dinat_cli.model.RestoreDiNAT` is the network, `dinat_cli.checkpoints` loads weights;
 `configure_process()` makes the process-wide settings the `dinat` command makes for itself.
 """

@@ -1,13 +1,9 @@
 """Restore a batch of files with one call: plan, check, run (locally or on Ray), record, report.
 
->>> from dinat_cli.options import EngineOptions, ModelSource                     # doctest: +SKIP
->>> request = RestoreRequest("denoise", "noisy/", Path("clean/"), ModelSource(Path("sidd.pth")))  # doctest: +SKIP
->>> run = restore_files(request)                                                 # doctest: +SKIP
->>> run.result.count("done"), run.document["summary"]                            # doctest: +SKIP
-
-Every check that needs no model (paths, plan, shard, ground truth, report) is made before
-the model loads, and the model is checked against the views (dual-pixel or not) before any
-output is written. The `dinat` restore commands are this function behind a command line.
+`restore_files(RestoreRequest(...))` is what the `dinat` restore commands run. Every check
+that needs no model (paths, plan, shard, ground truth, report) is made before the model
+loads, and the model is checked against the views (dual-pixel or not) before any output is
+written.
 """
 
 from __future__ import annotations
@@ -53,8 +49,6 @@ class RestoreRequest:
     input: str | Path
     output: Path
     model: ModelSource
-    # The registry entry the weights are, for the report (`dinat weights list` names them).
-    model_name: str | None = None
     options: EngineOptions = field(default_factory=EngineOptions)
     ext: str = "keep"
     suffix: str = ""
@@ -65,6 +59,8 @@ class RestoreRequest:
     shard: Shard | None = None
     # FILE.json or FILE.csv: the report document, written when the run ends.
     report: Path | None = None
+    # The registry entry the weights are (`dinat weights list` names them), for the report.
+    model_name: str | None = None
     cluster: ClusterOptions | None = None
 
 

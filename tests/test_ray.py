@@ -96,6 +96,26 @@ main()
 """
 
 
+# Run as a script, in a folder of its own (see `run`): one batch from Python through each runner.
+BOTH_RUNNERS = """
+import json
+import sys
+from pathlib import Path
+
+from dinat_cli.options import EngineOptions, ModelSource
+from dinat_cli.pipeline import RestoreRequest, restore_files
+from dinat_cli.runners.ray import ClusterOptions
+
+source, weights, out, documents = map(Path, sys.argv[1:])
+options = EngineOptions(device="cpu", attention="torch")
+runs = {}
+for name, cluster in (("local", None), ("ray", ClusterOptions(workers=2, device="cpu"))):
+    request = RestoreRequest("denoise", source, out / name, ModelSource(weights), options, cluster=cluster)
+    runs[name] = restore_files(request).document
+documents.write_text(json.dumps(runs))
+"""
+
+
 @pytest.fixture(scope="module")
 def ray_installed() -> None:
     if importlib.util.find_spec("ray") is None:
@@ -166,6 +186,33 @@ def test_two_ray_workers_write_the_same_bytes_as_a_local_run(
     lines = ray.stderr.strip().splitlines()
     assert lines[0].startswith("ray: 2 worker(s) on 1 machine(s)")
     assert all(re.match(r"done |\d+ planned: ", line) for line in lines[1:]), ray.stderr
+
+
+def test_the_pipeline_from_python_writes_the_same_bytes_through_the_local_and_the_ray_runner(
+    tmp_path: Path, checkpoint: Path, ray_installed: None
+) -> None:
+    # One file more than a worker takes at once: both workers restore some.
+    names = ["a.png", "b.png", "d.png", "sub/c.png"]
+    source = _folder(tmp_path / "in", names, size=(32, 40))
+    script, documents = tmp_path / "both_runners.py", tmp_path / "documents.json"
+    script.write_text(BOTH_RUNNERS)
+    # One torch thread in this process, as each of the two workers has on two cores.
+    result = run(
+        sys.executable, script, source, checkpoint, tmp_path / "out", documents,
+        cwd=tmp_path, env={"OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    local, ray = _outputs(tmp_path / "out" / "local"), _outputs(tmp_path / "out" / "ray")
+    assert local == ray and sorted(ray) == names
+
+    runs = json.loads(documents.read_text())
+    for document in runs.values():  # one engine description, one name for its precision
+        assert (document["device"], document["precision"]) == ("cpu", "fp32")
+        assert [(row["name"], row["status"], row["precision"]) for row in document["files"]] == [
+            (name, "done", "fp32") for name in names
+        ]
+    assert len({row["worker"] for row in runs["ray"]["files"]}) == 2
+    assert not any("worker" in row for row in runs["local"]["files"])
 
 
 def test_workers_that_die_mid_run_lose_no_file_and_never_fake_one(

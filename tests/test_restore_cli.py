@@ -211,6 +211,14 @@ def test_ambiguous_ground_truth_is_refused_before_any_output(tmp_path: Path, che
     assert not (tmp_path / "out").exists()
 
 
+def test_the_report_names_the_precision_as_each_row_does(tmp_path: Path, checkpoint: Path) -> None:
+    source = _clean_folder(tmp_path / "in", count=1)
+    result = run_cli("deblur", "--weights", checkpoint, source, tmp_path / "out", "--device", "cpu", "--json")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["precision"] == "fp32" and [row["precision"] for row in document["files"]] == ["fp32"]
+
+
 def test_missing_registry_weights_exit_2_before_touching_the_output(tmp_path: Path) -> None:
     registry = tmp_path / "registry.json"
     registry.write_text(

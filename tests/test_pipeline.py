@@ -1,0 +1,102 @@
+"""`pipeline.restore_files` called from Python: a whole batch in one call, as the restore commands run it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from dinat_cli import metrics
+from dinat_cli.engine import Restorer
+from dinat_cli.errors import UsageError
+from dinat_cli.io import read_image
+from dinat_cli.model import RestoreDiNAT
+from dinat_cli.options import EngineOptions, ModelSource
+from dinat_cli.pipeline import RestoreRequest, restore_files
+
+SMALL = {"dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1, "chan_adapt": True}
+OPTIONS = EngineOptions(device="cpu", attention="torch")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = RestoreDiNAT(**SMALL).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    path = tmp_path_factory.mktemp("weights") / "net_g_latest.pth"
+    torch.save({"params": model.state_dict()}, path)
+    return path
+
+
+def _folder(root: Path) -> Path:
+    rng = np.random.default_rng(7)
+    (root / "sub").mkdir(parents=True)
+    cv2.imwrite(str(root / "a.png"), rng.integers(0, 256, (40, 48, 3), dtype=np.uint8))
+    cv2.imwrite(str(root / "sub" / "b.png"), rng.integers(0, 65536, (32, 40, 3), dtype=np.uint16))
+    cv2.imwrite(str(root / "c.png"), rng.integers(0, 256, (24, 40), dtype=np.uint8))
+    return root
+
+
+def test_one_call_restores_a_folder_as_the_engine_restores_each_image_and_returns_the_report(
+    tmp_path: Path, checkpoint: Path
+) -> None:
+    source, out, gt = _folder(tmp_path / "in"), tmp_path / "out", tmp_path / "gt"
+    (gt / "sub").mkdir(parents=True)  # c.png has no ground truth
+    cv2.imwrite(str(gt / "a.bmp"), cv2.imread(str(source / "a.png")))
+    shutil.copy(source / "sub" / "b.png", gt / "sub" / "b.png")
+    request = RestoreRequest(
+        "derain", source, out, ModelSource(checkpoint), OPTIONS, gt=gt, report=tmp_path / "report.json"
+    )
+    started, finished = [], []
+    run = restore_files(request, on_start=lambda *start: started.append(start), on_result=finished.append)
+
+    restorer = Restorer.load(ModelSource(checkpoint), OPTIONS)
+    for name in ("a.png", "sub/b.png", "c.png"):
+        image = read_image(source / name)
+        expected = image.with_float_pixels(restorer.restore(image.to_float()).pixels).pixels
+        np.testing.assert_array_equal(read_image(out / name).pixels, expected)
+
+    assert started == [(3, None)] and sorted(item.name for item in finished) == ["a.png", "c.png", "sub/b.png"]
+    document = run.document
+    assert list(document) == ["task", "weights", "model", "device", "precision", "shard", "summary", "files"]
+    assert document["task"] == "derain" and document["weights"] == str(checkpoint) and document["model"] is None
+    assert (document["device"], document["precision"], document["shard"]) == ("cpu", "fp32", None)
+    assert [row["name"] for row in document["files"]] == ["a.png", "c.png", "sub/b.png"]
+    assert {row["status"] for row in document["files"]} == {"done"} and run.result.exit_code == 0
+    assert {row["precision"] for row in document["files"]} == {"fp32"}  # the header's name, row by row
+    rows = {row["name"]: row for row in document["files"]}
+    assert rows["c.png"]["error"] == "no ground truth for c.png" and "psnr" not in rows["c.png"]
+    for name, truth in (("a.png", "a.bmp"), ("sub/b.png", "sub/b.png")):  # derain: scored on Y, as in the papers
+        reference, output = read_image(gt / truth), read_image(out / name)
+        expected = metrics.score_pair(reference.pixels, output.pixels, "dinat", reference.bit_depth, True, 0)
+        assert (rows[name]["psnr"], rows[name]["ssim"]) == (expected["psnr"], expected["ssim"])
+    summary = document["summary"]
+    assert (summary["planned"], summary["done"], summary["skipped"], summary["failed"]) == (3, 3, 0, 0)
+    assert summary["mean"]["psnr"] == pytest.approx((rows["a.png"]["psnr"] + rows["sub/b.png"]["psnr"]) / 2)
+    assert json.loads((tmp_path / "report.json").read_text()) == json.loads(json.dumps(document))
+
+    again = restore_files(request)  # the outputs exist: skipped, and the report says so
+    assert again.document["summary"]["skipped"] == 3 and again.result.exit_code == 0
+
+
+def test_dual_pixel_views_for_a_three_channel_model_are_refused_before_any_output(
+    tmp_path: Path, checkpoint: Path
+) -> None:
+    source = _folder(tmp_path / "in")
+    request = RestoreRequest("defocus", source, tmp_path / "out", ModelSource(checkpoint), OPTIONS, dual_pixel=True)
+    with pytest.raises(UsageError, match="not a folder with left/right view sub-folders"):
+        restore_files(request)
+    (source / "inputL").mkdir()
+    (source / "inputR").mkdir()
+    for side in ("inputL", "inputR"):
+        cv2.imwrite(str(source / side / "x.png"), np.zeros((16, 16, 3), np.uint8))
+    with pytest.raises(UsageError, match=r"--dual-pixel needs a dual-pixel model \(6 input channels\); .* takes 3"):
+        restore_files(request)
+    assert not (tmp_path / "out").exists()
