@@ -26,9 +26,9 @@ if TYPE_CHECKING:
 
 # Files in flight at once for one model: one being read, one in the model, one being written.
 # Three keep the model busy whenever reading and writing a file take less time than restoring
-# it (the rule by far, even on a GPU); every file more holds another decoded image, its float
-# copy and the output (about 1.2 GB for a 100-megapixel 16-bit photo) for nothing but the odd
-# slow decode. The local runner ran 4, the Ray workers 3.
+# it (the rule by far, even on a GPU); each file more holds another decoded image and its
+# float copies (a 100-megapixel photo is 1.2 GB in float32) and helps only past an odd slow
+# decode. The local runner used to hold 4, the Ray workers 3.
 FILES_IN_FLIGHT = 3
 
 RestoreFn = Callable[[np.ndarray], "Restored"]
