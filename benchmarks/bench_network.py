@@ -33,8 +33,9 @@ import torch
 
 from dinat_cli import ops
 from dinat_cli.checkpoints import infer_config
-from dinat_cli.cli.bench import OFFICIAL_CONFIG, parse_size
+from dinat_cli.cli.bench import parse_size
 from dinat_cli.model import RestoreDiNAT
+from dinat_cli.model.variants import OFFICIAL_CONFIG
 from dinat_cli.ops import native
 from dinat_cli.process import configure_process
 

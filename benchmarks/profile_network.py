@@ -38,8 +38,9 @@ import torch
 import torch.nn.functional as F
 
 from dinat_cli import ops
-from dinat_cli.cli.bench import OFFICIAL_CONFIG, parse_size
+from dinat_cli.cli.bench import parse_size
 from dinat_cli.model import RestoreDiNAT, attention, blocks, layers
+from dinat_cli.model.variants import OFFICIAL_CONFIG
 from dinat_cli.ops import native
 from dinat_cli.process import configure_process
 

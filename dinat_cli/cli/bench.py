@@ -27,7 +27,6 @@ from dinat_cli.errors import UsageError
 if TYPE_CHECKING:
     import torch
 
-    from dinat_cli.checkpoints import describe
     from dinat_cli.engine import Restorer
 
 # The official configuration of every released checkpoint.
@@ -159,6 +158,7 @@ def bench(
     import torch
 
     from dinat_cli import ops
+    from dinat_cli.checkpoints import describe
     from dinat_cli.engine import Restorer
     from dinat_cli.model import RestoreDiNAT
     from dinat_cli.model.variants import OFFICIAL_CONFIG
