@@ -108,8 +108,9 @@ class Restorer:
     ) -> None:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         # A backend that cannot run here (no compiler, no CUDA) fails now, before any work.
-        self.attention = ops.resolve_backend(attention, self.device)
-        descriptor.set_kernels(None if attention == "auto" else attention)
+        self.kernels = ops.resolve_kernels(attention, self.device)
+        self.attention = self.kernels.attention
+        descriptor.set_kernels(self.kernels)
         self.dtype = resolve_precision(precision, self.device)
         self.precision_note = precision_fallback(precision, self.device)
         self.tile = parse_tile(tile)

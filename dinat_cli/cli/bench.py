@@ -41,6 +41,7 @@ class BenchResult:
     precision: str
     device: str
     attention: str
+    kernels: str  # Kernels.describe(): attention and the other kernels
     tile: int | None
     first_ms: float  # the warm-up call: includes compiling (or loading compiled code)
     ms: float
@@ -102,11 +103,11 @@ def _rss() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def run_bench(restorer: Restorer, size: tuple[int, int], repeat: int, attention: str, seed: int = 0) -> BenchResult:
-    """Warm up once, then time `repeat` restores of one synthetic `size` image."""
+def run_bench(restorer: Restorer, size: tuple[int, int], repeat: int, seed: int = 0) -> BenchResult:
+    """Warm up once, then time `repeat` restores of one synthetic `size` image, on the restorer's kernels."""
     import torch
 
-    from dinat_cli import heap, ops
+    from dinat_cli import heap
 
     height, width = size
     generator = torch.Generator().manual_seed(seed)
@@ -115,7 +116,7 @@ def run_bench(restorer: Restorer, size: tuple[int, int], repeat: int, attention:
     # (dinat_cli.heap), so only the first pass shows how much the working set needs, and
     # what earlier sizes left in the heap is returned first.
     heap.release_free_memory()
-    with ops.use_backend(attention), peak_memory(restorer.device) as peak:
+    with peak_memory(restorer.device) as peak:
         start = time.perf_counter()
         restorer.restore_tensor(image)
         first = time.perf_counter() - start
@@ -129,7 +130,8 @@ def run_bench(restorer: Restorer, size: tuple[int, int], repeat: int, attention:
         size=f"{width}x{height}",
         precision=restorer.last.precision,
         device=str(restorer.device),
-        attention=ops.resolve_backend(attention, restorer.device),
+        attention=restorer.attention,
+        kernels=restorer.kernels.describe(),
         tile=restorer.last.tile,
         first_ms=first * 1e3,
         ms=median * 1e3,
@@ -145,7 +147,9 @@ def bench(
     ] = None,
     precision: str = typer.Option("fp32", help="fp32, bf16, fp16 or auto."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
-    attention: str = typer.Option("auto", help=f"Attention backend: {', '.join(ATTENTION_BACKENDS)}."),
+    attention: str = typer.Option(
+        "auto", help=f"Attention backend: {', '.join(ATTENTION_BACKENDS)}; torch: eager PyTorch for every operation."
+    ),
     tile: str = typer.Option("0", help="0: whole image; N: N-pixel tiles; auto: sized from free memory."),
     repeat: int = typer.Option(3, min=1, help="Timed runs per size after one warm-up (median reported)."),
     threads: int = typer.Option(0, min=0, help="CPU threads (0: torch's default)."),
@@ -157,7 +161,6 @@ def bench(
     sizes = [parse_size(spec) for spec in size or DEFAULT_SIZES]
     import torch
 
-    from dinat_cli import ops
     from dinat_cli.checkpoints import describe
     from dinat_cli.engine import Restorer
     from dinat_cli.model import RestoreDiNAT
@@ -169,19 +172,19 @@ def bench(
     if threads:
         torch.set_num_threads(threads)
     model = RestoreDiNAT(**{**OFFICIAL_CONFIG, "dim": dim}, tlc=tlc)
-    restorer = Restorer(describe(model), device=device, precision=precision, tile=tile)
-    ops.resolve_backend(attention, restorer.device)  # an unavailable backend fails before any work
+    # An unavailable attention backend fails here, before any work.
+    restorer = Restorer(describe(model), device=device, precision=precision, tile=tile, attention=attention)
     if restorer.precision_note:
         typer.echo(restorer.precision_note, err=True)
-    results = [run_bench(restorer, shape, repeat, attention) for shape in sizes]
+    results = [run_bench(restorer, shape, repeat) for shape in sizes]
     if as_json:
         for result in results:
             typer.echo(json.dumps(asdict(result)))
         return
-    # One engine for every size: its device and attention go in the title, so that the
+    # One engine for every size: its device and kernels go in the title, so that the
     # table fits 80 columns (cron mail, pipes); a narrower console folds cells, never cuts them.
     title = (
-        f"dinat bench: dim {dim} on {restorer.device}, {results[0].attention} attention, "
+        f"dinat bench: dim {dim} on {restorer.device}, {restorer.kernels.describe()}, "
         f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}"
     )
     table = Table(title=title)
