@@ -342,6 +342,10 @@ def test_resolve_kernels_per_attention_value_on_cpu(monkeypatch) -> None:
         assert ops.resolve_kernels("auto", "cpu") == ops.resolve_kernels("native", "cpu") == native_kernels
         if backends.unavailable_reason("compiled", "cpu") is None:
             assert ops.resolve_kernels("compiled", "cpu") == ops.Kernels("compiled", "native", status.variant)
+    # Off the CPU (decided from the device type: no GPU needed) the native kernels never run.
+    assert ops.resolve_kernels("auto", "cuda") == ops.Kernels(ops.resolve_backend("auto", "cuda"), "torch")
+    with pytest.raises(UsageError, match="--attention native is not available: the native kernel runs on CPU only"):
+        ops.resolve_kernels("native", "cuda")
     # Without the native kernels: the next attention backend, and PyTorch for the rest.
     monkeypatch.setattr(native, "unavailable_reason", lambda: "no C++ compiler (test)")
     with pytest.raises(UsageError, match="--attention native is not available: no C.. compiler"):
