@@ -111,8 +111,9 @@ class Restorer:
         self.options = options
         self.device = resolve_device(options.device)
         # A backend that cannot run here (no compiler, no CUDA) fails now, before any work.
-        self.attention = ops.resolve_backend(options.attention, self.device)
-        descriptor.set_kernels(None if options.attention == "auto" else options.attention)
+        self.kernels = ops.resolve_kernels(options.attention, self.device)
+        self.attention = self.kernels.attention
+        descriptor.set_kernels(self.kernels)
         self.dtype = resolve_precision(options.precision, self.device)
         self.precision_note = precision_fallback(options.precision, self.device)
         self.tile = _tile_for(descriptor, options)
@@ -130,7 +131,7 @@ class Restorer:
         return EngineDescription(
             device=str(self.device),
             precision=_precision_name(self.dtype),
-            kernels=self.attention,
+            kernels=self.kernels.describe(),
             in_channels=self.descriptor.in_channels,
             out_channels=self.descriptor.out_channels,
             note=self.precision_note,

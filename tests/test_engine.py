@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dinat_cli import cpu, engine, tile_choice
+from dinat_cli import cpu, engine, ops, tile_choice
 from dinat_cli.checkpoints import describe
 from dinat_cli.choices import parse_tile
 from dinat_cli.descriptor import ModelDescriptor
@@ -213,8 +213,11 @@ def test_device_and_precision_defaults_on_cpu(cpu_arithmetic) -> None:
 def test_attention_backend_is_pinned_on_the_model_and_checked_early(monkeypatch) -> None:
     model = RestoreDiNAT(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1)
     restorer = _restorer(describe(model), device="cpu", attention="torch")
-    assert restorer.attention == "torch"
-    assert {layer.backend for layer in model.modules() if hasattr(layer, "backend")} == {"torch"}
+    assert restorer.attention == "torch" and restorer.kernels == ops.EAGER
+    assert {layer.kernels for layer in model.modules() if hasattr(layer, "kernels")} == {ops.EAGER}
+    auto = _restorer(describe(model), device="cpu")
+    assert auto.kernels == ops.resolve_kernels("auto", "cpu")
+    assert {layer.kernels for layer in model.modules() if hasattr(layer, "kernels")} == {auto.kernels}
     with pytest.raises(UsageError, match="--attention flex is not available"):
         _restorer(describe(model), device="cpu", attention="flex")
 
