@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -194,6 +195,14 @@ def test_an_overlap_over_half_the_tile_is_refused_not_clamped() -> None:
         _restorer(IDENTITY, device="cpu", tile="auto", tile_overlap=130)
     assert _restorer(IDENTITY, device="cpu", tile=512, tile_overlap=256).tile_overlap == 256
     assert _restorer(IDENTITY, device="cpu", tile=0, tile_overlap=300).tile_overlap == 300  # never tiled
+
+
+def test_a_precision_the_network_does_not_run_is_refused(cpu_arithmetic) -> None:
+    cpu_arithmetic(True)
+    float32_only = dataclasses.replace(IDENTITY, precisions=("fp32",))
+    with pytest.raises(UsageError, match="--precision bf16: this network runs fp32 only"):
+        _restorer(float32_only, device="cpu", precision="bf16")
+    assert _restorer(float32_only, device="cpu", precision="auto").dtype == torch.float32
 
 
 def test_device_and_precision_defaults_on_cpu(cpu_arithmetic) -> None:
