@@ -96,7 +96,7 @@ def _feed_forward_flops(ffn: layers.FeedForward, x: torch.Tensor, *_a, **_k) -> 
     )
 
 
-def _gate_bytes(blocks_: list[torch.Tensor], _weight, _bias, _offset: int, rows: int) -> float:
+def _gate_bytes(blocks_: list[torch.Tensor], _weight, _bias, _offset: int, rows: int, **_k) -> float:
     hidden = blocks_[0]
     read = hidden.element_size() * hidden.shape[0] * hidden.shape[1] * rows * hidden.shape[3]
     return read * 1.5  # all hidden channels read, half as many written

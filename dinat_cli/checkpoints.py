@@ -153,7 +153,7 @@ def describe(model: RestoreDiNAT, variant: str | None = None) -> ModelDescriptor
         min_tile_reason=f"smaller tiles change the network's output: its attention spans {span} px",
         bytes_per_pixel=_BYTES_PER_PIXEL_WIDTH_48 * config["dim"] / 48,
         width=config["dim"],
-        set_kernels=model.set_attention,
+        set_kernels=model.set_kernels,
     )
 
 

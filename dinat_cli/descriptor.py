@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
+    from dinat_cli.ops import Kernels
+
 
 @dataclass(frozen=True)
 class ModelDescriptor:
@@ -41,7 +43,7 @@ class ModelDescriptor:
     width: int
     precisions: tuple[str, ...] = ("fp32", "bf16", "fp16")
     # Pins the kernels the network runs (None: the process-wide selection).
-    set_kernels: Callable[[Any], None] = field(default=lambda kernels: None, repr=False)
+    set_kernels: Callable[[Kernels | None], None] = field(default=lambda kernels: None, repr=False)
 
     @classmethod
     def for_module(

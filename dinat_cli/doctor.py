@@ -1,7 +1,8 @@
 """`dinat doctor`: whether dinat can restore on this machine, and how well.
 
 `diagnose()` collects a `Report`: versions, install, devices, CPU instruction sets,
-which compiled CPU kernel variant runs and why, the attention backend `auto` picks,
+which compiled CPU kernel variant runs and why, the kernels `auto` picks per device
+(attention backend; native or PyTorch layer norm, gate and pooling),
 the compiler, Ray, caches, weights, memory, a smoke test (a tiny random network
 restoring a 32x32 image on the CPU) and one-line advice. It never raises: a section
 that fails records its error and the rest is still collected. The CLI only prints it.
@@ -90,6 +91,8 @@ class CpuKernelsInfo:
 class AttentionInfo:
     device: str
     auto: str | None = None  # the backend `auto` picks on this device
+    norm_gate_pooling: str | None = None  # "native" or "torch": what `auto` runs for the other kernels
+    kernels: str | None = None  # the whole choice of `auto` in one line (ops.Kernels.describe())
     backends: dict[str, str | None] = field(default_factory=dict)  # name -> why unavailable, None: usable
     error: str | None = None
 
@@ -138,6 +141,7 @@ class SmokeTestInfo:
     ok: bool | None = None  # None: not run
     seconds: float | None = None
     attention: str | None = None  # the backend the network ran on
+    kernels: str | None = None  # every kernel it ran on (ops.Kernels.describe())
     size: str = f"{SMOKE_SIZE}x{SMOKE_SIZE}"
     error: str | None = None
 
@@ -308,9 +312,12 @@ def _devices(cpu: CpuInfo, memory: MemoryInfo) -> list[DeviceInfo]:
 def _attention_info(device: str) -> AttentionInfo:
     from dinat_cli import ops
 
+    kernels = ops.resolve_kernels("auto", device)
     return AttentionInfo(
         device=device,
-        auto=ops.resolve_backend("auto", device),
+        auto=kernels.attention,
+        norm_gate_pooling=kernels.norm_gate_pooling,
+        kernels=kernels.describe(),
         backends=dict(ops.available_backends(device)),
     )
 
@@ -402,6 +409,7 @@ def _smoke_test() -> SmokeTestInfo:
 
     restorer = Restorer(describe(model), EngineOptions(device="cpu", precision="fp32", tile=0))
     info.attention = restorer.attention
+    info.kernels = restorer.kernels.describe()
     try:
         result = restorer.restore(image).pixels
     except Exception as error:

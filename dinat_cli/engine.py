@@ -47,16 +47,18 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return device
 
 
-def resolve_precision(spec: str, device: torch.device) -> torch.dtype:
+def resolve_precision(spec: str, device: torch.device, supported: tuple[str, ...] = tuple(PRECISIONS)) -> torch.dtype:
     """`auto` is float32 on CPU and MPS, bfloat16 on CUDA where supported, else float16.
 
-    A 16-bit format a CPU has no arithmetic for is float32 (see `precision_fallback`).
+    `supported` are the precisions the network runs (its descriptor's); a 16-bit format a
+    CPU has no arithmetic for is float32 (see `precision_fallback`).
     """
     spec = check_precision(spec)
     if spec == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
+        half = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp16"
+        return PRECISIONS[half] if device.type == "cuda" and half in supported else torch.float32
+    if spec not in supported:
+        raise UsageError(f"--precision {spec}: this network runs {', '.join(supported)} only")
     return torch.float32 if precision_fallback(spec, device) else PRECISIONS[spec]
 
 
@@ -111,9 +113,10 @@ class Restorer:
         self.options = options
         self.device = resolve_device(options.device)
         # A backend that cannot run here (no compiler, no CUDA) fails now, before any work.
-        self.attention = ops.resolve_backend(options.attention, self.device)
-        descriptor.set_kernels(None if options.attention == "auto" else options.attention)
-        self.dtype = resolve_precision(options.precision, self.device)
+        self.kernels = ops.resolve_kernels(options.attention, self.device)
+        self.attention = self.kernels.attention
+        descriptor.set_kernels(self.kernels)
+        self.dtype = resolve_precision(options.precision, self.device, descriptor.precisions)
         self.precision_note = precision_fallback(options.precision, self.device)
         self.tile = _tile_for(descriptor, options)
         self.tile_overlap = options.tile_overlap
@@ -130,7 +133,7 @@ class Restorer:
         return EngineDescription(
             device=str(self.device),
             precision=_precision_name(self.dtype),
-            kernels=self.attention,
+            kernels=self.kernels.describe(),
             in_channels=self.descriptor.in_channels,
             out_channels=self.descriptor.out_channels,
             note=self.precision_note,

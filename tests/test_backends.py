@@ -70,7 +70,7 @@ def _psnr(output: torch.Tensor, reference: torch.Tensor) -> float:
 def test_half_precision_network_psnr(load_reference, backend: str, dtype: torch.dtype, min_psnr: float) -> None:
     _skip_unavailable(backend)
     data = load_reference("model_std_tlc.npz")
-    model = RestoreDiNAT(**json.loads(str(data["config"])), attention=backend).eval()
+    model = RestoreDiNAT(**json.loads(str(data["config"])), kernels=ops.resolve_kernels(backend, "cpu")).eval()
     model.load_state_dict(data.state_dict("param/"), strict=True)
     x, expected = data.tensor("x1"), data.tensor("y1")  # the small input: float16 is slow on CPU
     with torch.inference_mode(), torch.autocast("cpu", dtype=dtype):
@@ -321,10 +321,49 @@ def test_selection_globally_per_call_and_per_model() -> None:
     assert ops.resolve_backend("torch", "cpu") == "torch"
     with pytest.raises(UsageError, match="expected one of"):
         ops.use_backend("fastest").__enter__()
-    model = RestoreDiNAT(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, attention="torch")
-    assert {m.backend for m in model.modules() if hasattr(m, "backend")} == {"torch"}
-    model.set_attention(None)
-    assert {m.backend for m in model.modules() if hasattr(m, "backend")} == {None}
+    model = RestoreDiNAT(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, kernels=ops.EAGER)
+    assert {m.kernels for m in model.modules() if hasattr(m, "kernels")} == {ops.EAGER}
+    model.set_kernels(None)
+    assert {m.kernels for m in model.modules() if hasattr(m, "kernels")} == {None}
+
+
+def test_resolve_kernels_per_attention_value_on_cpu(monkeypatch) -> None:
+    assert ops.resolve_kernels("torch", "cpu") == ops.EAGER == ops.Kernels("torch", "torch")
+    for spec in ("flex", "natten"):
+        reason = backends.unavailable_reason(spec, "cpu")
+        if reason is not None:
+            with pytest.raises(UsageError, match=f"--attention {spec} is not available"):
+                ops.resolve_kernels(spec, "cpu")
+    with pytest.raises(UsageError, match="expected one of"):
+        ops.resolve_kernels("fastest", "cpu")
+    status = native.kernel_status()
+    if status.reason is None:
+        native_kernels = ops.Kernels("native", "native", status.variant)
+        assert ops.resolve_kernels("auto", "cpu") == ops.resolve_kernels("native", "cpu") == native_kernels
+        if backends.unavailable_reason("compiled", "cpu") is None:
+            assert ops.resolve_kernels("compiled", "cpu") == ops.Kernels("compiled", "native", status.variant)
+    # Off the CPU (decided from the device type: no GPU needed) the native kernels never run.
+    assert ops.resolve_kernels("auto", "cuda") == ops.Kernels(ops.resolve_backend("auto", "cuda"), "torch")
+    with pytest.raises(UsageError, match="--attention native is not available: the native kernel runs on CPU only"):
+        ops.resolve_kernels("native", "cuda")
+    # Without the native kernels: the next attention backend, and PyTorch for the rest.
+    monkeypatch.setattr(native, "unavailable_reason", lambda: "no C++ compiler (test)")
+    with pytest.raises(UsageError, match="--attention native is not available: no C.. compiler"):
+        ops.resolve_kernels("native", "cpu")
+    assert ops.resolve_kernels("auto", "cpu") == ops.Kernels(ops.resolve_backend("auto", "cpu"), "torch")
+    assert ops.resolve_kernels("auto", "cpu").attention != "native"
+
+
+def test_kernels_describe_themselves_in_one_line() -> None:
+    assert ops.EAGER.describe() == "attention torch, norm/gate/pooling torch"
+    native_kernels = ops.Kernels("native", "native", "avx512bf16")
+    assert native_kernels.describe() == "attention native (avx512bf16), norm/gate/pooling native"
+    assert ops.Kernels("compiled", "native", "avx2").describe() == "attention compiled, norm/gate/pooling native (avx2)"
+    assert ops.Kernels("natten", "torch").describe() == "attention natten, norm/gate/pooling torch"
+    with pytest.raises(ValueError, match="concrete backend"):
+        ops.Kernels("auto", "native")
+    with pytest.raises(ValueError, match="native or torch"):
+        ops.Kernels("torch", "compiled")
 
 
 @pytest.mark.parametrize("torch_compile_takes_a_limit", [True, False])
@@ -356,6 +395,7 @@ def test_bench_command_reports_json() -> None:
     rows = [json.loads(line) for line in result.output.splitlines()]
     assert [row["size"] for row in rows] == ["72x64"]
     assert all(row["attention"] == "torch" and row["ms"] > 0 and row["precision"] == "fp32" for row in rows)
+    assert all(row["kernels"] == "attention torch, norm/gate/pooling torch" for row in rows)
 
 
 def test_bench_table_fits_80_columns_and_cuts_nothing() -> None:
@@ -365,7 +405,7 @@ def test_bench_table_fits_80_columns_and_cuts_nothing() -> None:
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert all(len(line) <= 80 for line in lines) and "…" not in result.output
-    assert "on cpu, torch attention" in " ".join(result.output.split())
+    assert "on cpu, attention torch, norm/gate/pooling torch," in " ".join(result.output.split())
     [row] = [line.split("│")[1:-1] for line in lines if "72x64" in line]
     assert [cell.strip() for cell in row[:3]] == ["72x64", "fp32", "whole"]
 

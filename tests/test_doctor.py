@@ -72,6 +72,11 @@ def test_json_reports_the_kernel_status_and_a_passing_smoke_test() -> None:
     assert cpu_attention["auto"] == ops.resolve_backend("auto", "cpu")
     assert (cpu_attention["auto"] == "native") == (status.reason is None)
     assert smoke["attention"] == cpu_attention["auto"]
+    # The whole kernel choice of `auto`, as the engine resolves it and the smoke test ran it.
+    auto = ops.resolve_kernels("auto", "cpu")
+    native_runs = status.reason is None
+    assert cpu_attention["norm_gate_pooling"] == auto.norm_gate_pooling == ("native" if native_runs else "torch")
+    assert cpu_attention["kernels"] == smoke["kernels"] == auto.describe()
     assert report["cpu"]["logical_cores"] == os.cpu_count()
     assert {cache["name"] for cache in report["caches"]} == {"weights", "inductor"}
 
@@ -90,6 +95,8 @@ def test_kernels_off_is_reported_with_its_reason_and_advice(monkeypatch: pytest.
     cpu_attention = next(entry for entry in report["attention"] if entry["device"] == "cpu")
     assert cpu_attention["auto"] != "native"
     assert cpu_attention["backends"]["native"] == kernels["reason"]
+    assert cpu_attention["norm_gate_pooling"] == "torch"
+    assert cpu_attention["kernels"] == f"attention {cpu_attention['auto']}, norm/gate/pooling torch"
 
 
 def test_a_failing_smoke_test_exits_1_with_the_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -128,6 +135,7 @@ def test_text_report_has_the_kernels_line_and_advice(monkeypatch: pytest.MonkeyP
         expected = f"cpu kernels: none - {status.reason}"
     assert expected in result.stdout
     assert "smoke test: ok" in result.stdout
+    assert f"kernels on cpu: {ops.resolve_kernels('auto', 'cpu').describe()} (--attention auto)" in result.stdout
     assert "advice:" in result.stdout  # the registry's checkpoint is missing: there is advice
     assert "dinat can restore on this machine." in result.stdout
 

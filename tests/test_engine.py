@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
 import pytest
 import torch
 
-from dinat_cli import cpu, engine, tile_choice
+from dinat_cli import cpu, engine, ops, tile_choice
 from dinat_cli.checkpoints import describe
 from dinat_cli.choices import parse_tile
 from dinat_cli.descriptor import ModelDescriptor
@@ -196,6 +197,14 @@ def test_an_overlap_over_half_the_tile_is_refused_not_clamped() -> None:
     assert _restorer(IDENTITY, device="cpu", tile=0, tile_overlap=300).tile_overlap == 300  # never tiled
 
 
+def test_a_precision_the_network_does_not_run_is_refused(cpu_arithmetic) -> None:
+    cpu_arithmetic(True)
+    float32_only = dataclasses.replace(IDENTITY, precisions=("fp32",))
+    with pytest.raises(UsageError, match="--precision bf16: this network runs fp32 only"):
+        _restorer(float32_only, device="cpu", precision="bf16")
+    assert _restorer(float32_only, device="cpu", precision="auto").dtype == torch.float32
+
+
 def test_device_and_precision_defaults_on_cpu(cpu_arithmetic) -> None:
     cpu_arithmetic(True)
     device = resolve_device("cpu")
@@ -213,8 +222,11 @@ def test_device_and_precision_defaults_on_cpu(cpu_arithmetic) -> None:
 def test_attention_backend_is_pinned_on_the_model_and_checked_early(monkeypatch) -> None:
     model = RestoreDiNAT(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1)
     restorer = _restorer(describe(model), device="cpu", attention="torch")
-    assert restorer.attention == "torch"
-    assert {layer.backend for layer in model.modules() if hasattr(layer, "backend")} == {"torch"}
+    assert restorer.attention == "torch" and restorer.kernels == ops.EAGER
+    assert {layer.kernels for layer in model.modules() if hasattr(layer, "kernels")} == {ops.EAGER}
+    auto = _restorer(describe(model), device="cpu")
+    assert auto.kernels == ops.resolve_kernels("auto", "cpu")
+    assert {layer.kernels for layer in model.modules() if hasattr(layer, "kernels")} == {auto.kernels}
     with pytest.raises(UsageError, match="--attention flex is not available"):
         _restorer(describe(model), device="cpu", attention="flex")
 

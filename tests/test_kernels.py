@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from dinat_cli.model.layers import FeedForward, LayerNorm
-from dinat_cli.model.pooling import box_means_reference
 from dinat_cli.ops import native
 from dinat_cli.ops.gated import gated_dwconv_gelu_reference
+from dinat_cli.ops.means import box_means_reference
 
 
 @pytest.fixture

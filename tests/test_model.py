@@ -12,6 +12,7 @@ from dinat_cli.model import RestoreDiNAT
 from dinat_cli.model.attention import NeighborhoodAttention2D
 from dinat_cli.model.blocks import TransBlock, _band_matrix
 from dinat_cli.model.layers import FeedForward
+from dinat_cli.model.network import KERNEL_CHOOSERS
 from dinat_cli.ops import native
 
 MODEL_FILES = ["model_std_global", "model_std_tlc", "model_dualpixel_tlc", "model_nochan_custom"]
@@ -117,7 +118,7 @@ def test_a_model_made_under_inference_mode_runs() -> None:
 
 
 def test_the_network_trains_through_its_pytorch_expressions(monkeypatch: pytest.MonkeyPatch) -> None:
-    """tools/train_lite.py trains with kernels off and torch attention (the kernels compute forward passes only).
+    """tools/train_lite.py trains on `ops.EAGER`, PyTorch everywhere (the kernels compute forward passes only).
 
     The feed-forward adds its residual band by band and the channel filter is a band matrix
     kept between calls: both must carry exact gradients, and every parameter must get one.
@@ -133,14 +134,77 @@ def test_the_network_trains_through_its_pytorch_expressions(monkeypatch: pytest.
         )
         taps = torch.randn(7, dtype=torch.float64, requires_grad=True)
         assert torch.autograd.gradcheck(lambda taps: x.detach() @ _band_matrix(taps, 6), (taps,))
-        model = RestoreDiNAT(
-            dim=8,
-            num_blocks=[1, 1, 1, 1],
-            num_refinement_blocks=1,
-            dilations=[4, 2, 1, 1],
-            kernel_size=3,
-            chan_adapt=True,
-        )
-        with ops.use_backend("torch"):
-            model(torch.rand(2, 3, 32, 32)).square().mean().backward()
+    model = RestoreDiNAT(
+        dim=8,
+        num_blocks=[1, 1, 1, 1],
+        num_refinement_blocks=1,
+        dilations=[4, 2, 1, 1],
+        kernel_size=3,
+        chan_adapt=True,
+        kernels=ops.EAGER,
+    )
+    model(torch.rand(2, 3, 32, 32)).square().mean().backward()
     assert [name for name, p in model.named_parameters() if p.grad is None or not p.grad.any()] == []
+
+
+# What each kind of kernel calls in dinat_cli.ops.native.
+NATIVE_FUNCTIONS = {
+    "attention": ("na2d_native",),
+    "norm_gate_pooling": ("layer_norm", "gated_dwconv_gelu", "channel_means", "box_means"),
+}
+
+
+@pytest.mark.parametrize("attention, norm_gate_pooling", [("torch", "torch"), ("native", "torch"), ("torch", "native")])
+def test_pinned_kernels_run_only_what_they_name_and_match_the_official_outputs(
+    load_reference, monkeypatch: pytest.MonkeyPatch, attention: str, norm_gate_pooling: str
+) -> None:
+    """`--attention torch` is the eager reference everywhere; every kind of kernel follows the pinned choice.
+
+    The TLC model's 392 px input pools with boxes at level 1 and whole maps below; its 56x64 input whole maps only.
+    """
+    chosen = {"attention": attention, "norm_gate_pooling": norm_gate_pooling}
+    if "native" in chosen.values() and native.unavailable_reason():
+        pytest.skip(native.unavailable_reason())
+    kernels = ops.Kernels(attention, norm_gate_pooling, native.kernel_status().variant)
+    called: set[str] = set()
+
+    def forbidden(name: str):
+        def call(*args, **kwargs):
+            raise AssertionError(f"native.{name} ran under {kernels.describe()}")
+
+        return call
+
+    def recorded(name: str, function):
+        def call(*args, **kwargs):
+            called.add(name)
+            return function(*args, **kwargs)
+
+        return call
+
+    for kind, names in NATIVE_FUNCTIONS.items():
+        for name in names:
+            function = getattr(native, name)
+            monkeypatch.setattr(native, name, recorded(name, function) if chosen[kind] == "native" else forbidden(name))
+    if kernels == ops.EAGER:
+        monkeypatch.setattr(native, "_library", forbidden("_library"))  # no kernel at all, by any path
+    model, pairs = _reference_model(load_reference, "model_std_tlc")
+    model.set_kernels(kernels)
+    with torch.inference_mode():
+        for x, expected in pairs:
+            assert (model(x) - expected).abs().max().item() <= 1e-5, f"input {tuple(x.shape)}"
+    expected_calls = {name for kind, names in NATIVE_FUNCTIONS.items() if chosen[kind] == "native" for name in names}
+    assert called == expected_calls
+
+
+def test_set_kernels_pins_every_module_that_has_a_choice() -> None:
+    model = RestoreDiNAT(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, chan_adapt=True, tlc=True)
+    choosers = [module for module in model.modules() if isinstance(module, KERNEL_CHOOSERS)]
+    assert {type(module) for module in choosers} == set(KERNEL_CHOOSERS)
+    assert all(module.kernels is None for module in choosers)
+    kernels = ops.Kernels("torch", "native")
+    model.set_kernels(kernels)
+    assert all(module.kernels is kernels for module in choosers)
+    model.set_kernels(None)
+    assert all(module.kernels is None for module in choosers)
+    with pytest.raises(TypeError, match="ops.Kernels"):
+        model.set_kernels("torch")

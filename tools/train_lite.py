@@ -49,7 +49,6 @@ from dinat_cli.engine import Restorer
 from dinat_cli.io import read_image
 from dinat_cli.model import RestoreDiNAT
 from dinat_cli.model.variants import get_variant
-from dinat_cli.ops import native
 from dinat_cli.options import EngineOptions, ModelSource
 
 REPO = Path(__file__).resolve().parents[1]
@@ -231,11 +230,12 @@ def held_out_scores(restorer: Restorer, examples: Path, with_nlm: bool = False) 
 
 
 def held_out_psnr(model: RestoreDiNAT, examples: Path) -> list[HeldOutScore]:
-    """The model's scores on the examples, in the middle of training."""
+    """The model's scores on the examples, in the middle of training, on the engine's kernels."""
     device = str(next(model.parameters()).device)
     restorer = Restorer(describe(model), EngineOptions(device=device, precision="fp32", tile=0))
     scores = held_out_scores(restorer, examples)
     model.train()
+    model.set_kernels(ops.EAGER)  # back to the differentiable expressions (the kernels compute forward passes only)
     return scores
 
 
@@ -289,13 +289,13 @@ def train(args: argparse.Namespace) -> None:
 
     photos = Photos(args.crop)
     model.train()
+    model.set_kernels(ops.EAGER)  # the differentiable expressions
     running, began = [], time.perf_counter()
     for step in range(start, args.steps):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup, args.lr * 0.01)
         noisy, clean = photos.batch(args.seed, step, args.batch, args.crop)
-        with native.use_variant("off"), ops.use_backend("torch"):  # the differentiable expressions
-            loss = charbonnier(model(noisy.to(device)), clean.to(device))
+        loss = charbonnier(model(noisy.to(device)), clean.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

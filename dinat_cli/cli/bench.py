@@ -42,6 +42,7 @@ class BenchResult:
     precision: str
     device: str
     attention: str
+    kernels: str  # Kernels.describe(): attention and the other kernels
     tile: int | None
     first_ms: float  # the warm-up call: includes compiling (or loading compiled code)
     ms: float
@@ -104,7 +105,7 @@ def _rss() -> int:
 
 
 def run_bench(restorer: Restorer, size: tuple[int, int], repeat: int, seed: int = 0) -> BenchResult:
-    """Warm up once, then time `repeat` restores of one synthetic `size` image."""
+    """Warm up once, then time `repeat` restores of one synthetic `size` image, on the restorer's kernels."""
     import numpy as np
 
     from dinat_cli import heap
@@ -131,6 +132,7 @@ def run_bench(restorer: Restorer, size: tuple[int, int], repeat: int, seed: int 
         precision=restored.precision,
         device=str(restorer.device),
         attention=restorer.attention,
+        kernels=restorer.kernels.describe(),
         tile=restored.tile,
         first_ms=first * 1e3,
         ms=median * 1e3,
@@ -146,7 +148,9 @@ def bench(
     ] = None,
     precision: str = typer.Option("fp32", help="fp32, bf16, fp16 or auto."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
-    attention: str = typer.Option("auto", help=f"Attention backend: {', '.join(ATTENTION_BACKENDS)}."),
+    attention: str = typer.Option(
+        "auto", help=f"Attention backend: {', '.join(ATTENTION_BACKENDS)}; torch: eager PyTorch for every operation."
+    ),
     tile: str = typer.Option("0", help="0: whole image; N: N-pixel tiles; auto: sized from free memory."),
     repeat: int = typer.Option(3, min=1, help="Timed runs per size after one warm-up (median reported)."),
     threads: int = typer.Option(0, min=0, help="CPU threads (0: torch's default)."),
@@ -169,6 +173,7 @@ def bench(
     if threads:
         torch.set_num_threads(threads)
     model = RestoreDiNAT(**{**OFFICIAL_CONFIG, "dim": dim}, tlc=tlc)
+    # An unavailable attention backend fails here, before any work.
     options = EngineOptions.parse(device=device, precision=precision, tile=tile, attention=attention)
     restorer = Restorer(describe(model), options)
     if restorer.precision_note:
@@ -178,10 +183,10 @@ def bench(
         for result in results:
             typer.echo(json.dumps(asdict(result)))
         return
-    # One engine for every size: its device and attention go in the title, so that the
+    # One engine for every size: its device and kernels go in the title, so that the
     # table fits 80 columns (cron mail, pipes); a narrower console folds cells, never cuts them.
     title = (
-        f"dinat bench: dim {dim} on {restorer.device}, {results[0].attention} attention, "
+        f"dinat bench: dim {dim} on {restorer.device}, {restorer.kernels.describe()}, "
         f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}"
     )
     table = Table(title=title)

@@ -29,7 +29,7 @@ def doctor(
         typer.Option("--smoke-test/--no-smoke-test", help="Restore a 32x32 image with a tiny network on the CPU."),
     ] = True,
 ) -> None:
-    """Check this machine: torch, CPU kernels, devices, attention backends, weights; exit 1 if dinat cannot restore."""
+    """Check this machine: torch, CPU kernels, devices, kernel choices, weights; exit 1 if dinat cannot restore."""
     # The smoke test and the inductor cache as the restore commands have them.
     configure_process()
     if as_json:
@@ -129,6 +129,7 @@ def _print(report: Report) -> None:
             f"{name}: {reason or 'available'}" for name, reason in attention.backends.items() if name != attention.auto
         )
         line(f"attention on {attention.device}", (f"{attention.auto}", "bold"), f" (others: {others})")
+        line(f"kernels on {attention.device}", f"{attention.kernels} (--attention auto)")
 
     compiler = report.compiler
     if compiler.path:
@@ -162,7 +163,7 @@ def _print(report: Report) -> None:
         line(
             "smoke test",
             ("ok", "green"),
-            f": a tiny network restored {smoke.size} in {smoke.seconds:.2f} s (attention {smoke.attention})",
+            f": a tiny network restored {smoke.size} in {smoke.seconds:.2f} s ({smoke.kernels})",
         )
     else:
         line("smoke test", ("failed", "bold red"), " ", error=smoke.error)

@@ -30,7 +30,7 @@ class NeighborhoodAttention2D(nn.Module):
         self.rpb = nn.Parameter(torch.zeros(num_heads, 2 * kernel_size - 1, 2 * kernel_size - 1))
         nn.init.trunc_normal_(self.rpb, std=0.02, a=-2.0, b=2.0)
         self.proj = nn.Linear(dim, dim)
-        self.backend: str | None = None  # None: the globally selected backend (ops.use_backend)
+        self.kernels: ops.Kernels | None = None  # None: the globally selected backend (ops.use_backend)
 
     @property
     def span(self) -> int:
@@ -44,7 +44,8 @@ class NeighborhoodAttention2D(nn.Module):
         padded_h, padded_w = height + pad_h, width + pad_w
         qkv = _pointwise(self.qkv, x).reshape(batch, padded_h, padded_w, 3, self.num_heads, -1)
         q, k, v = qkv.permute(3, 0, 4, 1, 2, 5).unbind(0)
-        out = ops.na2d(q, k, v, self.kernel_size, self.dilation, rpb=self.rpb, scale=self.scale, backend=self.backend)
+        backend = None if self.kernels is None else self.kernels.attention
+        out = ops.na2d(q, k, v, self.kernel_size, self.dilation, rpb=self.rpb, scale=self.scale, backend=backend)
         out = out.permute(0, 2, 3, 1, 4).reshape(batch, padded_h, padded_w, channels)
         return _pointwise(self.proj, out[:, :height, :width])
 

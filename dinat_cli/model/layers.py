@@ -16,15 +16,10 @@ class _NormBody(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.bias = nn.Parameter(torch.zeros(dim)) if with_bias else None
+        self.kernels: ops.Kernels | None = None  # None: native wherever it can run
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if ops.native.usable_for(x):
-            return ops.native.layer_norm(x, self.weight, self.bias, eps=1e-5)
-        if self.bias is not None:
-            return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, eps=1e-5)
-        # Restormer's bias-free variant scales by the centred variance without centring.
-        variance = x.var(dim=-1, keepdim=True, unbiased=False)
-        return x * torch.rsqrt(variance + 1e-5) * self.weight
+        return ops.layer_norm(x, self.weight, self.bias, 1e-5, kernels=self.kernels)
 
 
 def version_key(*tensors: torch.Tensor | None) -> tuple | None:
@@ -70,6 +65,7 @@ class FeedForward(nn.Module):
         self.dwconv = nn.Conv2d(hidden * 2, hidden * 2, kernel_size=3, padding=1, groups=hidden * 2, bias=bias)
         self.project_out = nn.Conv2d(hidden, dim, kernel_size=1, bias=bias)
         self._aligned: tuple[tuple, tuple[torch.Tensor | None, ...]] | None = None
+        self.kernels: ops.Kernels | None = None  # the gate's; None: native wherever it can run
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._banded(x, norm=None, residual=False)
@@ -82,7 +78,7 @@ class FeedForward(nn.Module):
         height, width = x.shape[-2:]
         rows = max(8, self.band_pixels // width)
         project_in, project_in_bias, dwconv, dwconv_bias, project_out = (
-            self._aligned_weights() if ops.native.usable_for(x) else self._weights()
+            self._aligned_weights() if ops.runs_native(x, self.kernels) else self._weights()
         )
         out = torch.empty_like(x)
         hidden = x.new_empty(0)  # hidden rows [computed - hidden rows, computed)
@@ -96,7 +92,7 @@ class FeedForward(nn.Module):
                 hidden = F.conv2d(band, project_in, project_in_bias)
                 blocks.append(hidden)
                 computed = last
-            gated = ops.gated_dwconv_gelu(blocks, dwconv, dwconv_bias, top - first, bottom - top)
+            gated = ops.gated_dwconv_gelu(blocks, dwconv, dwconv_bias, top - first, bottom - top, kernels=self.kernels)
             result = F.conv2d(gated, project_out, self.project_out.bias)
             if residual and result.requires_grad:  # training: out= records no gradient
                 out[:, :, top:bottom] = x[:, :, top:bottom] + result

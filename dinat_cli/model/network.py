@@ -10,8 +10,11 @@ from torch import nn
 from dinat_cli import ops
 from dinat_cli.model.attention import NeighborhoodAttention2D
 from dinat_cli.model.blocks import DualTransBlock
-from dinat_cli.model.layers import Downsample, PatchEmbed, Upsample
-from dinat_cli.model.pooling import tlc_kernel
+from dinat_cli.model.layers import Downsample, FeedForward, PatchEmbed, Upsample, _NormBody
+from dinat_cli.model.pooling import ChannelPool, tlc_kernel
+
+# The modules that call an operator with more than one implementation; each holds a `kernels`.
+KERNEL_CHOOSERS = (NeighborhoodAttention2D, _NormBody, FeedForward, ChannelPool)
 
 # The network takes sides that are multiples of this (three 2x pixel-unshuffles).
 SIZE_MULTIPLE = 8
@@ -23,8 +26,8 @@ class RestoreDiNAT(nn.Module):
     `tlc=True` pools the channel modulation locally as the official test pipeline
     does (boxes 1.5x the 256-pixel training feature sizes); `tlc=False` pools over
     the whole image, as in training. `kernel_size` (7 in every official model) is the
-    attention window's side. `attention` pins this model's attention backend
-    (`dinat_cli.ops.BACKENDS`); None follows the global selection (`ops.use_backend`).
+    attention window's side. `kernels` pins the implementations this model runs
+    (`set_kernels`).
     """
 
     def __init__(
@@ -45,7 +48,7 @@ class RestoreDiNAT(nn.Module):
         tlc: bool = False,
         kernel_size: int = 7,
         *,
-        attention: str | None = None,
+        kernels: ops.Kernels | None = None,
     ) -> None:
         super().__init__()
         if len(num_blocks) != 4 or len(heads) != 4 or len(dilations) != 4:
@@ -112,15 +115,19 @@ class RestoreDiNAT(nn.Module):
         if dual_pixel_task:
             self.skip_conv = nn.Conv2d(dim, dim * 2, kernel_size=1, bias=bias)
         self.output = nn.Conv2d(dim * 2, out_channels, kernel_size=3, padding=1, bias=bias)
-        self.set_attention(attention)
+        self.set_kernels(kernels)
 
-    def set_attention(self, backend: str | None) -> None:
-        """Pin every attention layer to `backend`, or None to follow the global selection."""
-        if backend is not None:
-            ops.validate_backend(backend)
+    def set_kernels(self, kernels: ops.Kernels | None) -> None:
+        """Pin every module's implementation to `kernels` (`ops.resolve_kernels`).
+
+        None: the attention follows the process-wide selection (`ops.use_backend`), and
+        layer norm, gate and pooling run natively wherever they can.
+        """
+        if kernels is not None and not isinstance(kernels, ops.Kernels):
+            raise TypeError(f"kernels must be an ops.Kernels or None, not {kernels!r}")
         for module in self.modules():
-            if isinstance(module, NeighborhoodAttention2D):
-                module.backend = backend
+            if isinstance(module, KERNEL_CHOOSERS):
+                module.kernels = kernels
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Restore `(B, inp_channels, H, W)` with H and W divisible by 8."""

@@ -8,10 +8,9 @@ feature size seen in training, so that statistics at test time match training.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from dinat_cli.ops import native
+from dinat_cli import ops
 
 # (left, right, top, bottom), as F.pad takes it for the last two dimensions.
 Padding = tuple[int, int, int, int]
@@ -26,14 +25,15 @@ def tlc_kernel(downscale: int) -> int:
 
 
 class ChannelPool(nn.Module):
-    """Mean of each channel: over the whole map, or over a `kernel` box around each pixel.
+    """Mean of each channel: over the whole map, or over a `box` x `box` box around each pixel.
 
     Returns the means where the box fits and the replicate padding back to the map's size.
     """
 
-    def __init__(self, kernel: int | None = None) -> None:
+    def __init__(self, box: int | None = None) -> None:
         super().__init__()
-        self.kernel = kernel
+        self.box = box
+        self.kernels: ops.Kernels | None = None  # the means' implementation; None: native wherever it can run
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Padding]:
         """The means where the box fits, and the replicate padding that restores the map's size.
@@ -42,43 +42,11 @@ class ChannelPool(nn.Module):
         512 px map with a 384 px box that is 129x129 positions instead of 512x512.
         """
         height, width = x.shape[-2:]
-        if self.kernel is None or (self.kernel >= height and self.kernel >= width):
-            return _global_mean(x), (0, 0, 0, 0)
-        mean = _local_mean(x, min(height, self.kernel), min(width, self.kernel))
+        if self.box is None or (self.box >= height and self.box >= width):
+            return ops.channel_means(x, kernels=self.kernels), (0, 0, 0, 0)
+        mean = ops.box_means(x, min(height, self.box), min(width, self.box), kernels=self.kernels)
         missing_h, missing_w = height - mean.shape[-2], width - mean.shape[-1]
         return mean, (missing_w // 2, (missing_w + 1) // 2, missing_h // 2, (missing_h + 1) // 2)
 
     def extra_repr(self) -> str:
-        return "global" if self.kernel is None else f"local box {self.kernel}"
-
-
-def _global_mean(x: torch.Tensor) -> torch.Tensor:
-    """Mean of each channel over the whole map (the native kernel on CPU)."""
-    if native.usable_for(x):
-        return native.channel_means(x).to(x.dtype)
-    return x.mean(dim=(-2, -1), keepdim=True)
-
-
-def _local_mean(x: torch.Tensor, box_h: int, box_w: int) -> torch.Tensor:
-    """Box mean at every position where the box fits (the native kernel on CPU)."""
-    if native.usable_for(x):
-        return native.box_means(x, box_h, box_w).to(x.dtype)
-    return box_means_reference(x, box_h, box_w).to(x.dtype)
-
-
-def box_means_reference(x: torch.Tensor, box_h: int, box_w: int) -> torch.Tensor:
-    """Float32 box means from an integral image, in PyTorch operations.
-
-    Computed in the same order as the official exact implementation (cumulative sums
-    over W then H), whose rounding the checkpoints were evaluated with; the cost does
-    not grow with the box.
-    """
-    integral = x.float().cumsum(dim=-1).cumsum(dim=-2)
-    integral = F.pad(integral, (1, 0, 1, 0))
-    sums = (
-        integral[..., box_h:, box_w:]
-        + integral[..., :-box_h, :-box_w]
-        - integral[..., :-box_h, box_w:]
-        - integral[..., box_h:, :-box_w]
-    )
-    return sums / (box_h * box_w)
+        return "global" if self.box is None else f"local box {self.box}"

@@ -1,7 +1,12 @@
-"""Attention operators: dilated neighbourhood attention and its backends.
+"""The network's operators and the choice of their implementations.
 
-`na2d` runs the backend selected with `use_backend` / `set_backend` (default `auto`),
-or the one named in its `backend` argument; `neighborhood.na2d` is the eager reference.
+`na2d`, dilated neighbourhood attention, runs the backend named in its `backend`
+argument, else the one selected with `use_backend` / `set_backend` (default `auto`);
+`neighborhood.na2d` is the eager reference. `layer_norm`, `gated_dwconv_gelu`,
+`channel_means` and `box_means` run the native CPU kernels or PyTorch, as their
+`kernels` argument says (None: native wherever it can). `resolve_kernels` makes that
+choice, attention included, once for a model and device (`Kernels`); the model's
+modules pass it to these functions, and call no implementation directly.
 """
 
 from __future__ import annotations
@@ -21,15 +26,25 @@ from dinat_cli.ops.backends import (
 )
 from dinat_cli.ops.fused import na2d_fused
 from dinat_cli.ops.gated import gated_dwconv_gelu
+from dinat_cli.ops.kernels import EAGER, Kernels, resolve_kernels, runs_native
+from dinat_cli.ops.means import box_means, channel_means
+from dinat_cli.ops.norm import layer_norm
 from dinat_cli.ops.windows import axis_windows
 
 __all__ = [
     "BACKENDS",
+    "EAGER",
+    "Kernels",
     "available_backends",
+    "box_means",
+    "channel_means",
     "current_backend",
     "gated_dwconv_gelu",
+    "layer_norm",
     "na2d",
     "resolve_backend",
+    "resolve_kernels",
+    "runs_native",
     "set_backend",
     "use_backend",
     "validate_backend",
@@ -54,7 +69,8 @@ def na2d(
     """Dilated neighbourhood attention over `(B, heads, H, W, D)` tensors, natten 0.14.6 semantics.
 
     `rpb` is the relative position bias `(heads, 2K-1, 2K-1)`; `scale` defaults to
-    `D ** -0.5`. `backend` overrides the selected backend for this call.
+    `D ** -0.5`. `backend` overrides the selected backend for this call (a model passes
+    its `Kernels.attention`).
     """
     name = resolve_backend(backend, q.device)
     if name == "torch":

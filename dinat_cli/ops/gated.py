@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from dinat_cli.ops import native
+from dinat_cli.ops.kernels import Kernels, runs_native
 
 
 def gated_dwconv_gelu(
@@ -16,17 +17,20 @@ def gated_dwconv_gelu(
     bias: torch.Tensor | None,
     first: int,
     rows: int,
+    *,
+    kernels: Kernels | None = None,
 ) -> torch.Tensor:
     """Rows `[first, first + rows)` of `gelu(dw(hidden)[:C]) * dw(hidden)[C:]` for a `(B, 2C, R, W)` map.
 
     `hidden` is given whole or as `blocks`, consecutive bands of its rows. `weight` `(2C, 1, 3, 3)`
     and `bias` are the depth-wise convolution's; the rows of `hidden` beyond the band are
-    the convolution's zero padding (the image's edge). On CPU the native kernel does it
-    in one pass over the blocks where they lie; elsewhere, or without a compiler, PyTorch.
+    the convolution's zero padding (the image's edge). The native kernel does it in one
+    pass over the blocks where they lie; PyTorch concatenates them first. `kernels`
+    chooses (None: the native kernel wherever it can take the blocks).
     """
     if isinstance(blocks, torch.Tensor):
         blocks = [blocks]
-    if native.usable_for(blocks[0]):
+    if runs_native(blocks[0], kernels):
         return native.gated_dwconv_gelu(blocks, weight, bias, first, rows)
     return gated_dwconv_gelu_reference(torch.cat(list(blocks), dim=2), weight, bias, first, rows)
 

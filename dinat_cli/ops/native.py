@@ -376,7 +376,7 @@ def channel_means(x: torch.Tensor) -> torch.Tensor:
 def box_means(x: torch.Tensor, box_h: int, box_w: int) -> torch.Tensor:
     """Float32 means of every `box_h x box_w` box of a `(B, C, H, W)` map: `(B, C, H-box_h+1, W-box_w+1)`.
 
-    Equal, value for value, to `pooling.box_means_reference`; channels-last output.
+    Equal, value for value, to `means.box_means_reference`; channels-last output.
     """
     x = _channels_last(x)
     batch, channels, height, width = x.shape
