@@ -76,7 +76,9 @@ def test_one_call_restores_a_folder_as_the_engine_restores_each_image_and_return
     for name, truth in (("a.png", "a.bmp"), ("sub/b.png", "sub/b.png")):  # derain: scored on Y, as in the papers
         reference, output = read_image(gt / truth), read_image(out / name)
         expected = metrics.score_pair(reference.pixels, output.pixels, "dinat", reference.bit_depth, True, 0)
-        assert (rows[name]["psnr"], rows[name]["ssim"]) == (expected["psnr"], expected["ssim"])
+        # OpenCV's filters may sum in another order on another thread: equal to the last bits or so.
+        assert rows[name]["psnr"] == pytest.approx(expected["psnr"], rel=1e-12)
+        assert rows[name]["ssim"] == pytest.approx(expected["ssim"], rel=1e-12)
     summary = document["summary"]
     assert (summary["planned"], summary["done"], summary["skipped"], summary["failed"]) == (3, 3, 0, 0)
     assert summary["mean"]["psnr"] == pytest.approx((rows["a.png"]["psnr"] + rows["sub/b.png"]["psnr"]) / 2)
