@@ -116,6 +116,7 @@ def restore_files(
         "model": request.model_name,
         "device": runner.engine.device,
         "precision": runner.engine.precision,
+        "kernels": runner.engine.kernels,
         "shard": str(request.shard) if request.shard is not None else None,
         "summary": result.summary(),
         "files": [item.as_row() for item in result.results],

@@ -65,7 +65,9 @@ def test_one_call_restores_a_folder_as_the_engine_restores_each_image_and_return
 
     assert started == [(3, None)] and sorted(item.name for item in finished) == ["a.png", "c.png", "sub/b.png"]
     document = run.document
-    assert list(document) == ["task", "weights", "model", "device", "precision", "shard", "summary", "files"]
+    keys = ["task", "weights", "model", "device", "precision", "kernels", "shard", "summary", "files"]
+    assert list(document) == keys
+    assert document["kernels"] == restorer.kernels.describe()  # what ran: --attention auto resolved
     assert document["task"] == "derain" and document["weights"] == str(checkpoint) and document["model"] is None
     assert (document["device"], document["precision"], document["shard"]) == ("cpu", "fp32", None)
     assert [row["name"] for row in document["files"]] == ["a.png", "c.png", "sub/b.png"]
