@@ -56,7 +56,9 @@ class EngineOptions:
         attention: str = "auto",
     ) -> EngineOptions:
         """Options from command-line values; a value that cannot be is a UsageError saying why."""
-        return cls(device, precision, parse_tile(tile), tile_overlap, attention)
+        return cls(
+            device=device, precision=precision, tile=parse_tile(tile), tile_overlap=tile_overlap, attention=attention
+        )
 
 
 @dataclass(frozen=True)
