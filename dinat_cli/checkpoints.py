@@ -24,6 +24,7 @@ from dinat_cli.descriptor import ModelDescriptor
 from dinat_cli.errors import CheckpointError
 from dinat_cli.model import SIZE_MULTIPLE, RestoreDiNAT
 from dinat_cli.model.variants import OFFICIAL_CONFIG, get_variant
+from dinat_cli.tile_choice import CostTable
 
 StateDict = dict[str, torch.Tensor]
 
@@ -131,6 +132,14 @@ def load(
 # measured 11.7 KB at 256x256 and 11.0 KB at 512x512 (peak RSS above the loaded model).
 # Taken to scale with the width.
 _BYTES_PER_PIXEL_WIDTH_48 = 12_000
+# CPU time per pixel of a whole float32 map of that many pixels, relative to 256x256, by the
+# network's width: the official checkpoints (48) and lite-denoise (16). Measured with
+# benchmarks/bench_tiles.py in steady state (the second image of a size) on an AMD EPYC
+# (Zen 5) with 2 threads; another width takes the table of the nearest.
+_CPU_COST_PER_PIXEL: dict[int, CostTable] = {
+    48: ((65_536, 1.00), (262_144, 1.02), (589_824, 1.00), (921_600, 1.10), (1_048_576, 1.35)),
+    16: ((65_536, 1.00), (262_144, 1.00), (1_048_576, 1.00), (4_194_304, 1.75), (6_000_000, 1.64)),
+}
 
 
 def describe(model: RestoreDiNAT, variant: str | None = None) -> ModelDescriptor:
@@ -152,7 +161,7 @@ def describe(model: RestoreDiNAT, variant: str | None = None) -> ModelDescriptor
         min_exact_tile=-(-span // SIZE_MULTIPLE) * SIZE_MULTIPLE,
         min_tile_reason=f"smaller tiles change the network's output: its attention spans {span} px",
         bytes_per_pixel=_BYTES_PER_PIXEL_WIDTH_48 * config["dim"] / 48,
-        width=config["dim"],
+        cpu_cost_per_pixel=_CPU_COST_PER_PIXEL[min(_CPU_COST_PER_PIXEL, key=lambda width: abs(width - config["dim"]))],
         set_kernels=model.set_kernels,
     )
 

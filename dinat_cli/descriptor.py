@@ -2,8 +2,8 @@
 
 The engine runs any image-to-image network through a `ModelDescriptor` and asks the
 model itself nothing: channels, the side multiple it takes, the smallest tile that
-gives the whole-image result, its memory per pixel, its width for the tile cost
-model, and how to pin its kernels. `dinat_cli.checkpoints.load` builds one for
+gives the whole-image result, its memory per pixel, how its CPU time per pixel grows
+with the image, and how to pin its kernels. `dinat_cli.checkpoints.load` builds one for
 DiNAT-IR (after spandrel's `ImageModelDescriptor`).
 """
 
@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from dinat_cli.tile_choice import FLAT, CostTable
 
 if TYPE_CHECKING:
     import torch
@@ -39,8 +41,9 @@ class ModelDescriptor:
     min_tile_reason: str
     # Peak working memory per input pixel in float32; 16-bit formats take about half.
     bytes_per_pixel: float
-    # Channels of the full-resolution features: the key of the CPU tile cost table (dinat_cli.tile_choice).
-    width: int
+    # How its CPU time per pixel grows with the size of the map (`dinat_cli.tile_choice`): what
+    # makes tiles faster than a whole large image.
+    cpu_cost_per_pixel: CostTable
     precisions: tuple[str, ...] = ("fp32", "bf16", "fp16")
     # Pins the kernels the network runs (None: the process-wide selection).
     set_kernels: Callable[[Kernels | None], None] = field(default=lambda kernels: None, repr=False)
@@ -53,7 +56,7 @@ class ModelDescriptor:
         channels: int = 3,
         size_multiple: int = 8,
         bytes_per_pixel: float = 12_000.0,
-        width: int = 48,
+        cpu_cost_per_pixel: CostTable = FLAT,
     ) -> ModelDescriptor:
         """A descriptor for any module that maps `(B, channels, H, W)` to an image of the same size.
 
@@ -72,5 +75,5 @@ class ModelDescriptor:
             min_exact_tile=size_multiple,
             min_tile_reason=f"the network takes sides that are multiples of {size_multiple}",
             bytes_per_pixel=bytes_per_pixel,
-            width=width,
+            cpu_cost_per_pixel=cpu_cost_per_pixel,
         )

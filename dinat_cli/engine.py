@@ -192,8 +192,8 @@ class Restorer:
                 grids = {tile: grid for tile, grid in grids.items() if 0 < tile <= largest}
                 grids = grids or {largest: tile_grid(height, width, largest, self.tile_overlap, multiple)}
         element_size = 4 if self.dtype == torch.float32 else 2
-        width = self.descriptor.width
-        return {tile: tile_choice.cost(grid, width, element_size, self.device.type) for tile, grid in grids.items()}
+        table = self.descriptor.cpu_cost_per_pixel
+        return {tile: tile_choice.cost(grid, table, element_size, self.device.type) for tile, grid in grids.items()}
 
     def _smaller_tile(self, tile: int, shape: torch.Size) -> int:
         with contextlib.suppress(Exception):

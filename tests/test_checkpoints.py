@@ -130,7 +130,7 @@ def test_a_registered_variant_gives_a_pth_its_configuration(tmp_path: Path) -> N
 
 def test_the_descriptor_tells_the_engine_what_it_needs(tmp_path: Path) -> None:
     official = describe(RestoreDiNAT(**OFFICIAL_CONFIG))
-    assert (official.in_channels, official.out_channels, official.size_multiple, official.width) == (3, 3, 8, 48)
+    assert (official.in_channels, official.out_channels, official.size_multiple) == (3, 3, 8)
     # The widest attention span: 7 x 36 px at level 1, 7 x 18 x 2 at level 2, ...
     assert official.min_exact_tile == 256 and "252 px" in official.min_tile_reason
     dual_pixel = describe(RestoreDiNAT(**get_variant("dpdd").config), "dpdd")

@@ -255,25 +255,28 @@ def test_auto_tile_takes_the_fastest_way_that_fits(monkeypatch) -> None:
     assert restorer.auto_tile(2000, 3000) == min(costs, key=costs.get) != 0  # measured: tiles beat whole
     assert restorer.auto_tile(512, 512) == 0
     # Where the cost per pixel does not grow with size, nothing beats the whole image.
-    monkeypatch.setattr(tile_choice, "cost_per_pixel", lambda pixels, channels: 1.0)
-    assert restorer.auto_tile(2000, 3000) == 0
+    flat = dataclasses.replace(restorer.descriptor, cpu_cost_per_pixel=tile_choice.FLAT)
+    assert _restorer(flat, device="cpu").auto_tile(2000, 3000) == 0
 
 
 def test_auto_tile_on_gpus_takes_the_whole_image_where_it_fits() -> None:
     grids = tile_choice.plans(2000, 3000, 64, 8)
-    costs = {tile: tile_choice.cost(grid, 16, 4, "cuda") for tile, grid in grids.items()}
+    table = describe(RestoreDiNAT(dim=16)).cpu_cost_per_pixel
+    costs = {tile: tile_choice.cost(grid, table, 4, "cuda") for tile, grid in grids.items()}
     assert min(costs, key=costs.get) == 0
 
 
 def test_cost_per_pixel_follows_the_measured_table_and_grows_beyond_it() -> None:
-    for width, table in tile_choice._CPU_COST_PER_PIXEL.items():
+    for width in (16, 48):
+        table = describe(RestoreDiNAT(dim=width)).cpu_cost_per_pixel
         for pixels, relative in table:
-            assert tile_choice.cost_per_pixel(pixels, width) == pytest.approx(relative)
+            assert tile_choice.cost_per_pixel(pixels, table) == pytest.approx(relative)
         last_pixels, last = table[-1]
         assert (
             last
-            < tile_choice.cost_per_pixel(4 * last_pixels, width)
-            < tile_choice.cost_per_pixel(16 * last_pixels, width)
+            < tile_choice.cost_per_pixel(4 * last_pixels, table)
+            < tile_choice.cost_per_pixel(16 * last_pixels, table)
         )
-        assert tile_choice.cost_per_pixel(1000, width) == table[0][1]
-    assert tile_choice.cost_per_pixel(262_144, 40) == tile_choice.cost_per_pixel(262_144, 48)  # nearest width
+        assert tile_choice.cost_per_pixel(1000, table) == table[0][1]
+    nearest = describe(RestoreDiNAT(dim=40)).cpu_cost_per_pixel
+    assert nearest == describe(RestoreDiNAT(dim=48)).cpu_cost_per_pixel  # another width: the nearest table
