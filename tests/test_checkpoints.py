@@ -9,22 +9,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from small_model import random_small_model
 
 from dinat_cli.checkpoints import describe, infer_config, load, read_state_dict, save_model
 from dinat_cli.errors import CheckpointError
 from dinat_cli.model import RestoreDiNAT
 from dinat_cli.model.variants import OFFICIAL_CONFIG, get_variant
 
-SMALL = dict(dim=8, num_blocks=[1, 2, 1, 1], num_refinement_blocks=1, heads=[1, 2, 2, 4], chan_adapt=True)
+# Several blocks and heads per level: what the configuration is read from.
+LEVELS = dict(num_blocks=[1, 2, 1, 1], heads=[1, 2, 2, 4])
 
 
 def _random_model(**overrides) -> RestoreDiNAT:
-    torch.manual_seed(0)
-    model = RestoreDiNAT(**{**SMALL, **overrides}).eval()
-    with torch.no_grad():  # make every parameter matter, biases and norms included
-        for parameter in model.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.05)
-    return model
+    return random_small_model(**{**LEVELS, **overrides})
 
 
 def _output(model: RestoreDiNAT, channels: int = 3) -> torch.Tensor:

@@ -9,30 +9,21 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
+from small_model import save_checkpoint
 
 from dinat_cli import metrics
 from dinat_cli.engine import Restorer
 from dinat_cli.errors import UsageError
 from dinat_cli.io import read_image
-from dinat_cli.model import RestoreDiNAT
 from dinat_cli.options import EngineOptions, ModelSource
 from dinat_cli.pipeline import RestoreRequest, restore_files
 
-SMALL = {"dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1, "chan_adapt": True}
 OPTIONS = EngineOptions(device="cpu", attention="torch")
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = RestoreDiNAT(**SMALL).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.05)
-    path = tmp_path_factory.mktemp("weights") / "net_g_latest.pth"
-    torch.save({"params": model.state_dict()}, path)
-    return path
+    return save_checkpoint(tmp_path_factory.mktemp("weights") / "net_g_latest.pth")
 
 
 def _folder(root: Path) -> Path:

@@ -19,13 +19,12 @@ import numpy as np
 import pytest
 import torch
 from installed import DINAT
+from small_model import save_checkpoint
 
 from dinat_cli.errors import UsageError
-from dinat_cli.model import RestoreDiNAT
 from dinat_cli.options import EngineOptions, ModelSource
 from dinat_cli.runners.ray import ClusterOptions, RayRunner
 
-SMALL = {"dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1, "chan_adapt": True}
 # Compiled attention costs every new process, each restarted worker included, a warm-up of
 # seconds; these tests are about distribution, so attention runs eagerly.
 EAGER = ("--attention", "torch")
@@ -133,14 +132,7 @@ def run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> subp
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = RestoreDiNAT(**SMALL).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.05)
-    path = tmp_path_factory.mktemp("weights") / "net_g_latest.pth"
-    torch.save({"params": model.state_dict()}, path)
-    return path
+    return save_checkpoint(tmp_path_factory.mktemp("weights") / "net_g_latest.pth")
 
 
 def _folder(root: Path, names: list[str], size: tuple[int, int] = (40, 48)) -> Path:

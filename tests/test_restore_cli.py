@@ -18,11 +18,9 @@ import pytest
 import torch
 from installed import DINAT
 from PIL import Image
+from small_model import random_small_model, save_checkpoint
 
-from dinat_cli.model import RestoreDiNAT
 from dinat_cli.output_folder import output_lock
-
-SMALL = {"dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1, "chan_adapt": True}
 
 
 def run_cli(
@@ -38,27 +36,16 @@ def run_cli(
     )
 
 
-def _random_model(**overrides) -> RestoreDiNAT:
-    torch.manual_seed(0)
-    model = RestoreDiNAT(**{**SMALL, **overrides}).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.05)
-    return model
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "net_g_latest.pth"
-    torch.save({"params": _random_model().state_dict()}, path)
-    return path
+    return save_checkpoint(path)
 
 
 @pytest.fixture(scope="module")
 def dual_pixel_checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "dpdd.pth"
-    torch.save({"params": _random_model(inp_channels=6, dual_pixel_task=True).state_dict()}, path)
-    return path
+    return save_checkpoint(path, inp_channels=6, dual_pixel_task=True)
 
 
 def _messy_folder(root: Path) -> Path:
@@ -118,7 +105,7 @@ def test_output_is_the_rounded_network_output(tmp_path: Path, checkpoint: Path) 
     cv2.imwrite(str(tmp_path / "x.png"), image[..., ::-1])
     result = run_cli("denoise", "--weights", checkpoint, tmp_path / "x.png", tmp_path / "y.png")
     assert result.returncode == 0, result.stderr
-    model = _random_model(tlc=True)
+    model = random_small_model(tlc=True)
     x = torch.from_numpy(image.astype(np.float32) / 255).permute(2, 0, 1)[None]
     x = torch.nn.functional.pad(x, (0, 5, 0, 3), mode="reflect")
     with torch.inference_mode():
