@@ -149,7 +149,10 @@ class Restorer:
         if image.ndim != 3 or image.shape[2] != channels:
             raise ValueError(f"expected (H, W, {channels}) input, got {image.shape}")
         began = time.perf_counter()
-        tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)[None]
+        # The batch axis first, then the permute: (H, W, C) memory is then a true channels-last
+        # (1, C, H, W) tensor. Added after the permute, its stride is C, convolutions take the
+        # tensor for NCHW and the whole network ran on NCHW maps, a quarter slower on CPU.
+        tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].permute(0, 3, 1, 2)
         x = tensor.to(self.device, torch.float32)
         tile = self.tile if self.tile is not None else self.auto_tile(*x.shape[-2:])
         dtype = self.dtype
