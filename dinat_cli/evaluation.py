@@ -66,6 +66,9 @@ class Scoring:
 class ImageScore:
     name: str
     scores: dict[str, float]
+    # The files compared: the HTML report shows them side by side.
+    gt: Path | None = None
+    pred: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -221,7 +224,7 @@ def score_pairs(
 def _score_one(pair: Pair, scoring: Scoring) -> ImageScore:
     from dinat_cli.io import read_image  # lazily, as in pair_files; its DinatError names the file
 
-    return ImageScore(pair.name, scoring.score(pair, read_image(pair.gt), read_image(pair.pred)))
+    return ImageScore(pair.name, scoring.score(pair, read_image(pair.gt), read_image(pair.pred)), pair.gt, pair.pred)
 
 
 def mean_scores(scores: Sequence[Mapping[str, float]]) -> dict[str, float]:
@@ -239,13 +242,16 @@ def mean_scores(scores: Sequence[Mapping[str, float]]) -> dict[str, float]:
 
 
 def to_document(evaluation: Evaluation) -> dict[str, object]:
-    """{"protocol", "count", "images": [{"name", metric...}], "mean": {metric...}}.
+    """{"protocol", "count", "images": [{"name", metric..., "gt", "pred"}], "mean": {metric...}}.
 
     Values stay floats (inf included); `reports.dumps_json` turns inf into null.
     """
     return {
         "protocol": evaluation.protocol,
         "count": len(evaluation.images),
-        "images": [{"name": image.name, **image.scores} for image in evaluation.images],
+        "images": [
+            {"name": image.name, **image.scores, "gt": str(image.gt), "pred": str(image.pred)}
+            for image in evaluation.images
+        ],
         "mean": dict(evaluation.mean),
     }

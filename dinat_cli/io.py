@@ -336,10 +336,10 @@ def _layered(image: DecodedImage, *, keep_alpha: bool, gray: bool, as_uint8: boo
         pixels = np.repeat(pixels[..., None], 3, axis=2)
     if keep_alpha and image.alpha is not None:
         pixels = np.dstack([pixels, image.alpha])
-    return _to_uint8(pixels) if as_uint8 else pixels
+    return to_uint8(pixels) if as_uint8 else pixels
 
 
-def _to_uint8(values: np.ndarray) -> np.ndarray:
+def to_uint8(values: np.ndarray) -> np.ndarray:
     if values.dtype == np.uint8:
         return values
     # round(v * 255 / 65535) == round(v / 257), and 257 is odd so there are no ties to break

@@ -1,4 +1,4 @@
-"""Machine-readable reports: one row per image plus a summary, as JSON or CSV."""
+"""Reports: one row per image plus a summary, as JSON or CSV, or as a page to look at (HTML)."""
 
 from __future__ import annotations
 
@@ -13,18 +13,27 @@ from typing import Any
 from dinat_cli import files
 from dinat_cli.errors import UsageError
 
-REPORT_SUFFIXES = (".json", ".csv")
+REPORT_SUFFIXES = (".json", ".csv", ".html")
 
 
 def check_report_path(path: Path) -> None:
     """Refuse an unsupported report type, or a folder that is missing or takes no file, before any work starts."""
     if path.suffix.lower() not in REPORT_SUFFIXES:
-        raise UsageError(f"--report {path}: use a .csv or .json file name")
+        raise UsageError(f"--report {path}: use a .csv, .json or .html file name")
     if not path.parent.is_dir():
         raise UsageError(f"--report {path}: folder {path.parent} does not exist")
     if path.is_dir():
         raise UsageError(f"--report {path}: is a folder; name a file in it")
     files.prepare_folder(path.parent, f"--report {path}: folder")
+    if path.suffix.lower() == ".html":
+        previews = page_folder(path)
+        if previews.exists() and not previews.is_dir():
+            raise UsageError(f"--report {path}: {previews} is a file; the page's previews go in a folder of that name")
+
+
+def page_folder(path: Path) -> Path:
+    """The folder of an HTML report's previews: run.html -> run_files/, as browsers save a page."""
+    return path.with_name(f"{path.stem}_files")
 
 
 def json_safe(value: Any) -> Any:
@@ -43,11 +52,17 @@ def dumps_json(document: Mapping[str, Any]) -> str:
 
 
 def write_report(path: Path, document: Mapping[str, Any], rows_key: str, summary_key: str) -> None:
-    """JSON: `document` as is. CSV: a `name` column, one line per row of
-    `document[rows_key]`, then a line named by `summary_key` holding `document[summary_key]`
-    (inf written as `inf`); a mapping inside the summary (a run's mean scores) comes
-    before it as a line of its own, named by its key, a column per item as in the rows."""
+    """HTML: the page of `html_report`, previews beside it. JSON: `document` as is. CSV: a
+    `name` column, one line per row of `document[rows_key]`, then a line named by
+    `summary_key` holding `document[summary_key]` (inf written as `inf`); a mapping inside
+    the summary (a run's mean scores) comes before it as a line of its own, named by its
+    key, a column per item as in the rows."""
     check_report_path(path)
+    if path.suffix.lower() == ".html":
+        from dinat_cli import html_report  # the image libraries, only for a page
+
+        html_report.write_page(path, document)
+        return
     text = dumps_json(document) + "\n" if path.suffix.lower() == ".json" else _csv_text(document, rows_key, summary_key)
     files.write_atomically(path, text.encode("utf-8"))
 

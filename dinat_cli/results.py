@@ -32,10 +32,19 @@ class FileResult:
     # Tries it took: more than one when a Ray worker died while restoring it.
     attempts: int = 1
     worker: str | None = None
+    # The file it was restored from (the left view of a dual-pixel pair): the HTML report shows it.
+    input: str | None = None
+    # The input's own scores against the same ground truth: what the restoration gained.
+    input_scores: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, job: Job, status: Status, **fields: object) -> FileResult:
+        """The result of `job`, named by it: its name, output and input."""
+        return cls(job.name, str(job.output), status, input=str(job.sources[0]), **fields)  # type: ignore[arg-type]
 
     @classmethod
     def failed(cls, job: Job, error: str) -> FileResult:
-        return cls(job.name, str(job.output), "failed", error=error)
+        return cls.of(job, "failed", error=error)
 
     def as_row(self) -> dict[str, object]:
         row: dict[str, object] = {
@@ -45,6 +54,7 @@ class FileResult:
             "seconds": round(self.seconds, 4),
         }
         row.update(self.scores)
+        row.update({f"input_{name}": value for name, value in self.input_scores.items()})
         if self.tile:
             row["tile"] = self.tile
         if self.precision:
@@ -55,6 +65,8 @@ class FileResult:
             row["worker"] = self.worker
         if self.error:
             row["error"] = self.error
+        if self.input:
+            row["input"] = self.input
         return row
 
 

@@ -52,7 +52,8 @@ def test_json_reproduces_official_values_with_exact_schema(reference_dir) -> Non
     expected = json.loads((metrics_dir / "expected.json").read_text())["sets"]
     official = {**expected["bits8_y0"]["images"], **expected["bits16_y0"]["images"]}
     for image in report["images"]:
-        assert list(image) == ["name", "psnr", "ssim"]
+        assert list(image) == ["name", "psnr", "ssim", "gt", "pred"]
+        assert image["pred"] == str(metrics_dir / "pred" / Path(image["gt"]).relative_to(metrics_dir / "gt"))
         assert image["psnr"] == pytest.approx(official[image["name"]]["psnr"], abs=TOLERANCE)
         assert image["ssim"] == pytest.approx(official[image["name"]]["ssim"], abs=TOLERANCE)
     assert list(report["mean"]) == ["psnr", "ssim"]
@@ -76,7 +77,8 @@ def test_identical_images_give_inf_in_table_and_null_in_json(tmp_path) -> None:
     assert "inf" in table.stdout
     result = _invoke("--gt", str(tmp_path / "gt"), "--pred", str(tmp_path / "pred"), "--json", "--protocol", "dpdd")
     report = _parse_strict(result.stdout)
-    assert report["images"] == [{"name": "a.png", "psnr": None, "ssim": 1.0, "mae": 0.0}]
+    gt, pred = str(tmp_path / "gt" / "a.png"), str(tmp_path / "pred" / "a.png")
+    assert report["images"] == [{"name": "a.png", "psnr": None, "ssim": 1.0, "mae": 0.0, "gt": gt, "pred": pred}]
     assert report["mean"] == {"psnr": None, "ssim": 1.0, "mae": 0.0}
 
 
@@ -190,7 +192,8 @@ def test_reports(tmp_path, suffix) -> None:
         assert _parse_strict(report.read_text()) == printed
     else:
         rows = list(csv.reader(report.open()))
-        assert rows[0] == ["name", "psnr", "ssim"]
+        assert rows[0] == ["name", "psnr", "ssim", "gt", "pred"]
+        assert rows[1][3:] == [str(tmp_path / "gt" / "a.png"), str(tmp_path / "pred" / "a.png")]
         assert [row[0] for row in rows[1:]] == ["a.png", "b.png", "mean"]
         assert float(rows[1][1]) == printed["images"][0]["psnr"]
         assert rows[2][1] == rows[3][1] == "inf"
@@ -201,7 +204,7 @@ def test_bad_options_are_usage_errors(tmp_path) -> None:
     _write(tmp_path / "pred" / "a.png", _image(10))
     gt, pred = str(tmp_path / "gt"), str(tmp_path / "pred")
     for extra, message in (
-        (["--report", str(tmp_path / "r.txt")], ".csv or .json"),
+        (["--report", str(tmp_path / "r.txt")], ".csv, .json or .html"),
         (["--protocol", "dpdd", "--y-channel"], "drop --y-channel"),
     ):
         result = _invoke("--gt", gt, "--pred", pred, *extra)

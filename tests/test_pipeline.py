@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from small_model import save_checkpoint
 
-from dinat_cli import metrics
+from dinat_cli import metrics, reports
 from dinat_cli.engine import Restorer
 from dinat_cli.errors import UsageError
 from dinat_cli.io import read_image
@@ -72,10 +72,18 @@ def test_one_call_restores_a_folder_as_the_engine_restores_each_image_and_return
         # OpenCV's filters may sum in another order on another thread: equal to the last bits or so.
         assert rows[name]["psnr"] == pytest.approx(expected["psnr"], rel=1e-12)
         assert rows[name]["ssim"] == pytest.approx(expected["ssim"], rel=1e-12)
+        # The input against the same ground truth: what the restoration gained (the HTML report's gain).
+        before = metrics.score_pair(
+            reference.pixels, read_image(source / name).pixels, "dinat", reference.bit_depth, True, 0
+        )
+        assert rows[name]["input_psnr"] == pytest.approx(before["psnr"], rel=1e-12)
+        assert rows[name]["input_ssim"] == pytest.approx(before["ssim"], rel=1e-12)
+        assert rows[name]["input"] == str(source / name)
+    assert rows["sub/b.png"]["input_psnr"] == float("inf")  # its ground truth is a copy of the input
     summary = document["summary"]
     assert (summary["planned"], summary["done"], summary["skipped"], summary["failed"]) == (3, 3, 0, 0)
     assert summary["mean"]["psnr"] == pytest.approx((rows["a.png"]["psnr"] + rows["sub/b.png"]["psnr"]) / 2)
-    assert json.loads((tmp_path / "report.json").read_text()) == json.loads(json.dumps(document))
+    assert json.loads((tmp_path / "report.json").read_text()) == json.loads(reports.dumps_json(document))
 
     again = restore_files(request)  # the outputs exist: skipped, and the report says so
     assert again.document["summary"]["skipped"] == 3 and again.result.exit_code == 0

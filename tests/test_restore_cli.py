@@ -247,7 +247,7 @@ def test_missing_registry_weights_exit_2_before_touching_the_output(tmp_path: Pa
         (["--tile", "100"], "--tile 100"),
         (["--precision", "fp64"], "--precision fp64"),
         (["--ext", "gif"], "--ext gif"),
-        (["--report", "r.txt"], ".csv or .json"),
+        (["--report", "r.txt"], ".csv, .json or .html"),
         (["--tile", "256", "--tile-overlap", "300"], "at most half the tile, 128 px with --tile 256;"),
         (["--tile-overlap", "200"], "128 px with --tile auto, which may choose 256 px tiles; use a smaller overlap"),
         (["--tile", "512", "--tile-overlap", "300"], "use a smaller overlap or --tile 600 or more"),

@@ -63,7 +63,10 @@ def evaluate(
         bool, typer.Option("--json", help="Print only JSON on stdout (PSNR of identical images: null).")
     ] = False,
     report: Annotated[
-        Path | None, typer.Option("--report", help="Also write the scores to FILE.csv or FILE.json.")
+        Path | None,
+        typer.Option(
+            "--report", help="Also write the scores to FILE.csv, FILE.json or FILE.html (a page to look at)."
+        ),
     ] = None,
     jobs: Annotated[
         int | None, typer.Option("--jobs", min=1, help="Images scored in parallel (default: one per CPU).")

@@ -79,7 +79,13 @@ def _parameters(with_dual_pixel: bool) -> list[inspect.Parameter]:
         ("ext", str, _option("keep", "--ext", help=f"Output format: {'|'.join(EXT_CHOICES)}.")),
         ("suffix", str, _option("", "--suffix", help="Added to each output file's stem, e.g. _restored.")),
         ("gt", Path | None, _option(None, "--gt", help="Ground-truth folder: score each output and print the mean.")),
-        ("report", Path | None, _option(None, "--report", help="Write per-file results to FILE.json or FILE.csv.")),
+        (
+            "report",
+            Path | None,
+            _option(
+                None, "--report", help="Write per-file results to FILE.json, FILE.csv or FILE.html (a page to look at)."
+            ),
+        ),
         ("json_output", bool, _option(False, "--json", help="Print the run's summary as JSON on stdout.")),
         ("quiet", bool, _option(False, "--quiet", "-q", help="Print failures only.")),
         (

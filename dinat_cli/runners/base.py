@@ -69,7 +69,7 @@ class Runner(abc.ABC):
         todo: list[Job] = []
         for job in jobs:
             if not overwrite and job.output.exists():
-                result = FileResult(job.name, str(job.output), "skipped")
+                result = FileResult.of(job, "skipped")
                 skipped.append(result)
                 if on_result is not None:
                     on_result(result)
@@ -116,23 +116,33 @@ def restore_file(job: Job, restore: RestoreFn, scoring: evaluation.Scoring | Non
     except StorageError:
         raise
     except Exception as error:
-        return FileResult(job.name, str(job.output), "failed", time.perf_counter() - begin, _describe(error))
-    note, scores = None, {}
+        return FileResult.of(job, "failed", seconds=time.perf_counter() - begin, error=_describe(error))
+    note, scores, input_scores = None, {}, {}
     if scoring is not None:
         try:
             if job.reference is None:
                 note = f"no ground truth for {job.name}"
             else:
-                pair = evaluation.Pair(job.name, job.reference, job.output)
-                scores = scoring.score(pair, io.read_image(job.reference), image)
+                reference = io.read_image(job.reference)
+                scores = scoring.score(evaluation.Pair(job.name, job.reference, job.output), reference, image)
+                if len(job.sources) == 1:  # a dual-pixel pair has no single input to score
+                    pair = evaluation.Pair(job.name, job.reference, job.sources[0])
+                    input_scores = scoring.score(pair, reference, template)
         except DinatError as error:
             note = f"not scored: {error}"
         except Exception as error:
             seconds = time.perf_counter() - begin
-            return FileResult(job.name, str(job.output), "failed", seconds, _describe(error), tile=restored.tile)
+            return FileResult.of(job, "failed", seconds=seconds, error=_describe(error), tile=restored.tile)
     seconds = (asked - begin) + restored.seconds + (time.perf_counter() - answered)
-    return FileResult(
-        job.name, str(job.output), "done", seconds, note, scores, tile=restored.tile, precision=restored.precision
+    return FileResult.of(
+        job,
+        "done",
+        seconds=seconds,
+        error=note,
+        scores=scores,
+        input_scores=input_scores,
+        tile=restored.tile,
+        precision=restored.precision,
     )
 
 
