@@ -293,7 +293,9 @@ def _header(document: Mapping[str, Any], entries: Sequence[Entry], is_eval: bool
             facts.append(("Interrupted", "yes: the run was stopped before its end"))
         if summary.get("stopped"):
             facts.append(("Stopped", str(summary["stopped"])))
-        if "seconds" in summary:
+        if "runs" in summary:  # merged by `dinat report`
+            facts.append(("Time", f"{summary['seconds']} s: {summary['runs']} runs' times added up"))
+        elif "seconds" in summary:
             facts.append(("Time", f"{summary['seconds']} s ({summary.get('images_per_second', 0)} images/s)"))
         mean = summary.get("mean") or {}
     if mean:

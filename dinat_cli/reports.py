@@ -16,19 +16,22 @@ from dinat_cli.errors import UsageError
 REPORT_SUFFIXES = (".json", ".csv", ".html")
 
 
-def check_report_path(path: Path) -> None:
-    """Refuse an unsupported report type, or a folder that is missing or takes no file, before any work starts."""
+def check_report_path(path: Path, option: str = "--report") -> None:
+    """Refuse an unsupported report type, or a folder that is missing or takes no file, before any work starts.
+
+    `option` names where the path came from in the error line.
+    """
     if path.suffix.lower() not in REPORT_SUFFIXES:
-        raise UsageError(f"--report {path}: use a .csv, .json or .html file name")
+        raise UsageError(f"{option} {path}: use a .csv, .json or .html file name")
     if not path.parent.is_dir():
-        raise UsageError(f"--report {path}: folder {path.parent} does not exist")
+        raise UsageError(f"{option} {path}: folder {path.parent} does not exist")
     if path.is_dir():
-        raise UsageError(f"--report {path}: is a folder; name a file in it")
-    files.prepare_folder(path.parent, f"--report {path}: folder")
+        raise UsageError(f"{option} {path}: is a folder; name a file in it")
+    files.prepare_folder(path.parent, f"{option} {path}: folder")
     if path.suffix.lower() == ".html":
         previews = page_folder(path)
         if previews.exists() and not previews.is_dir():
-            raise UsageError(f"--report {path}: {previews} is a file; the page's previews go in a folder of that name")
+            raise UsageError(f"{option} {path}: {previews} is a file; the page's previews go in a folder of that name")
 
 
 def page_folder(path: Path) -> Path:

@@ -14,6 +14,7 @@ from dinat_cli.cli import (
     bench,  # noqa: F401
     doctor,  # noqa: F401
     evaluate,  # noqa: F401
+    report,  # noqa: F401
     restore,  # noqa: F401
     weights,  # noqa: F401
 )

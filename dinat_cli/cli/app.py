@@ -26,7 +26,13 @@ class _UnixHelp:
 
     def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
         pieces = super().collect_usage_pieces(ctx)  # type: ignore[misc]
-        return [piece[1:-1] if piece.startswith("{") and piece.endswith("}") else piece for piece in pieces]
+        return [_unbraced(piece) for piece in pieces]
+
+
+def _unbraced(piece: str) -> str:
+    """`{INPUT}` -> `INPUT`, `{REPORT}...` -> `REPORT...` (an argument that takes several)."""
+    core, repeat = (piece[:-3], "...") if piece.endswith("...") else (piece, "")
+    return core[1:-1] + repeat if core.startswith("{") and core.endswith("}") else piece
 
 
 class Command(_UnixHelp, TyperCommand):

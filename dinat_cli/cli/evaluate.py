@@ -64,9 +64,7 @@ def evaluate(
     ] = False,
     report: Annotated[
         Path | None,
-        typer.Option(
-            "--report", help="Also write the scores to FILE.csv, FILE.json or FILE.html (a page to look at)."
-        ),
+        typer.Option("--report", help="Also write the scores to FILE.csv, FILE.json or FILE.html (a page to look at)."),
     ] = None,
     jobs: Annotated[
         int | None, typer.Option("--jobs", min=1, help="Images scored in parallel (default: one per CPU).")
