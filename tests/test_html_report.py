@@ -15,7 +15,7 @@ from installed import DINAT
 from PIL import Image
 from small_model import save_checkpoint
 
-from dinat_cli import html_report, reports
+from dinat_cli import evaluation, html_report, reports
 from dinat_cli.io import DecodedImage, read_image
 from dinat_cli.options import EngineOptions, ModelSource
 from dinat_cli.pipeline import RestoreRequest, restore_files
@@ -156,6 +156,11 @@ def test_the_slider_moves_with_the_arrow_keys(run, browser) -> None:
     assert divider.location["x"] > start
     slider.send_keys(Keys.HOME)
     assert browser.execute_script("return arguments[0].style.getPropertyValue('--pos')", frame) == "0%"
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    # A click (or a drag, with a mouse or a finger) on the image puts the divider there: a quarter in.
+    ActionChains(browser).move_to_element_with_offset(frame, -frame.size["width"] // 4, 0).click().perform()
+    assert abs(int(slider.get_attribute("value")) - 25) <= 2
 
 
 def test_sorting_by_score_puts_the_worst_first_and_the_filter_shows_one_status(run, browser) -> None:
@@ -214,6 +219,27 @@ def test_a_screenshot_shows_the_page_and_it_fits_a_phone(run, browser) -> None:
         assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
     finally:
         browser.set_window_size(1280, 900)
+
+
+def test_an_eval_page_shows_each_pair_with_its_scores(run, browser, tmp_path: Path) -> None:
+    _, document = run
+    done = [row for row in document["files"] if row["status"] == "done"]
+    pairs = [evaluation.Pair(row["name"], Path(row["input"]), Path(row["output"])) for row in done]
+    scored = json.loads(reports.dumps_json(evaluation.to_document(evaluation.score_pairs(pairs, jobs=1))))
+    reports.write_report(tmp_path / "eval.html", scored, rows_key="images", summary_key="mean")
+    _open(browser, tmp_path / "eval.html")
+    cards = {card.get_attribute("data-name"): card for card in _by_css(browser, ".card")}
+    assert sorted(cards) == sorted(row["name"] for row in scored["images"])
+    for row in scored["images"]:
+        assert float(cards[row["name"]].get_attribute("data-psnr")) == row["psnr"]
+        assert (
+            cards[row["name"]]
+            .find_element("css selector", "img.before")
+            .get_attribute("alt")
+            .startswith("ground truth of")
+        )
+    assert not _by_css(browser, "th button[data-key=gain]")  # no input, no gain: the column is left out
+    assert [entry for entry in browser.get_log("browser") if entry["level"] in ("SEVERE", "WARNING")] == []
 
 
 def test_previews_of_16_bit_and_grey_images_look_like_the_images(run) -> None:
