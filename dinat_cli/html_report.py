@@ -266,6 +266,8 @@ def _shown(name: str, value: float | None) -> str:
 def _header(document: Mapping[str, Any], entries: Sequence[Entry], is_eval: bool) -> str:
     facts: list[tuple[str, str]] = []
     if is_eval:
+        if document.get("command"):
+            facts.append(("Command", str(document["command"])))
         facts.append(("Protocol", str(document.get("protocol"))))
         facts.append(("Images scored", str(document.get("count", len(entries)))))
         mean = document.get("mean") or {}
@@ -304,24 +306,15 @@ def _header(document: Mapping[str, Any], entries: Sequence[Entry], is_eval: bool
 
 
 def _model_facts(document: Mapping[str, Any]) -> list[tuple[str, str]]:
-    facts = [("Task", str(document.get("task")))]
-    name = document.get("model")
-    if name:
-        facts.append(("Model", f"{name} (sha256 {_registry_checksum(name) or 'not in this registry'})"))
+    facts = [("Command", str(document["command"]))] if document.get("command") else []
+    if document.get("task"):
+        facts.append(("Task", str(document["task"])))
+    if document.get("model"):
+        facts.append(("Model", str(document["model"])))
     if document.get("weights"):
-        facts.append(("Weights", str(document["weights"])))
+        checksum = document.get("weights_sha256")
+        facts.append(("Weights", str(document["weights"]) + (f" (sha256 {checksum})" if checksum else "")))
     return facts
-
-
-def _registry_checksum(name: str) -> str | None:
-    """The sha256 the registry holds for `name`: the run loaded that file, checked against it."""
-    from dinat_cli.registry import catalogue
-
-    try:
-        entry = catalogue.load_registry().get(name)
-    except DinatError:
-        return None
-    return entry.sha256 if entry is not None else None
 
 
 def _tiles(entries: Iterable[Entry]) -> str:

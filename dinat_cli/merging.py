@@ -19,7 +19,7 @@ from dinat_cli.errors import UsageError
 
 _COUNTED = ("done", "skipped", "failed")
 _METRICS = ("psnr", "ssim", "mae")
-_HEADER = ("task", "weights", "model", "device", "precision", "kernels")
+_HEADER = ("task", "command", "weights", "weights_sha256", "model", "device", "precision", "kernels")
 
 
 def read_report(path: Path) -> dict[str, Any]:
@@ -85,6 +85,7 @@ def _merge_evaluations(documents: Sequence[Mapping[str, Any]]) -> dict[str, Any]
     images = {row["name"]: row for document in documents for row in document["images"]}
     rows = sorted(images.values(), key=lambda row: row["name"])
     return {
+        "command": _agreed(documents, "command"),
         "protocol": _agreed(documents, "protocol"),
         "count": len(rows),
         "images": rows,

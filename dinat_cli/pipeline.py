@@ -21,6 +21,7 @@ from dinat_cli.evaluation import GroundTruth, Scoring
 from dinat_cli.options import EngineOptions, ModelSource
 from dinat_cli.output_folder import output_lock
 from dinat_cli.planning import Job, Shard, plan_jobs
+from dinat_cli.registry import checksums
 from dinat_cli.results import BatchResult, FileResult
 from dinat_cli.runners.base import Runner
 from dinat_cli.runners.ray import ClusterOptions, RayRunner
@@ -62,6 +63,8 @@ class RestoreRequest:
     # The registry entry the weights are (`dinat weights list` names them), for the report.
     model_name: str | None = None
     cluster: ClusterOptions | None = None
+    # How the run was asked for (the command line), for the report; None from Python.
+    command: str | None = None
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,10 @@ def restore_files(
         )
     document = {
         "task": request.task,
+        "command": request.command,
         "weights": str(request.model.weights),
+        # Hashed when the weights were selected: read from the checksum cache.
+        "weights_sha256": checksums.checksum(request.model.weights),
         "model": request.model_name,
         "device": runner.engine.device,
         "precision": runner.engine.precision,

@@ -46,7 +46,8 @@ def test_json_reproduces_official_values_with_exact_schema(reference_dir) -> Non
     result = _invoke("--gt", str(metrics_dir / "gt"), "--pred", str(metrics_dir / "pred"), "--json")
     assert result.exit_code == 0, result.output
     report = _parse_strict(result.stdout)  # stdout holds the JSON and nothing else
-    assert list(report) == ["protocol", "count", "images", "mean"]
+    assert list(report) == ["command", "protocol", "count", "images", "mean"]
+    assert isinstance(report["command"], str)  # this process's command line (pytest's, in-process)
     assert report["protocol"] == "dinat"
     assert report["count"] == len(report["images"]) == 10
     expected = json.loads((metrics_dir / "expected.json").read_text())["sets"]

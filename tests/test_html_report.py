@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import shutil
@@ -283,6 +284,9 @@ def test_the_commands_write_pages_with_their_previews(tmp_path: Path) -> None:
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
+    page = (tmp_path / "run.html").read_text()
+    assert "dinat deblur --weights" in page  # what ran
+    assert hashlib.sha256(checkpoint.read_bytes()).hexdigest() in page
     assert sorted(path.name for path in (tmp_path / "run_files").iterdir())[:5] == [
         f"1-{kind}.webp" for kind in ("after", "before", "crop-after", "crop-before", "heat")
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -56,8 +57,10 @@ def test_one_call_restores_a_folder_as_the_engine_restores_each_image_and_return
 
     assert started == [(3, None)] and sorted(item.name for item in finished) == ["a.png", "c.png", "sub/b.png"]
     document = run.document
-    keys = ["task", "weights", "model", "device", "precision", "kernels", "shard", "summary", "files"]
-    assert list(document) == keys
+    keys = ["task", "command", "weights", "weights_sha256", "model", "device", "precision", "kernels", "shard"]
+    assert list(document) == [*keys, "summary", "files"]
+    assert document["command"] is None  # a run from Python; the command line records itself
+    assert document["weights_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     assert document["kernels"] == restorer.kernels.describe()  # what ran: --attention auto resolved
     assert document["task"] == "derain" and document["weights"] == str(checkpoint) and document["model"] is None
     assert (document["device"], document["precision"], document["shard"]) == ("cpu", "fp32", None)

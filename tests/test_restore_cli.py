@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import pickle
+import shlex
 import signal
 import subprocess
 import sys
@@ -172,6 +174,9 @@ def test_gt_scores_each_output_with_the_eval_metrics(tmp_path: Path, checkpoint:
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
     assert all("psnr" in row and "ssim" in row for row in document["files"])
+    # What ran, for the report: the command as a shell takes it again, and the weights' checksum.
+    assert shlex.split(document["command"])[:3] == ["dinat", "deblur", "--weights"]
+    assert document["weights_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     assert "mean PSNR" in result.stderr
     evaluated = run_cli("eval", "--gt", gt, "--pred", tmp_path / "out", "--json")
     assert evaluated.returncode == 0, evaluated.stderr

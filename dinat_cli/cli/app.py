@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
 from typing import Any
 
 import typer
@@ -60,6 +62,11 @@ app = CommandGroup(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def command_line() -> str:
+    """The command this process runs, as a shell would take it again: for reports."""
+    return shlex.join(["dinat", *sys.argv[1:]])
 
 
 def _print_version(value: bool) -> None:

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from dinat_cli import evaluation, reports
-from dinat_cli.cli.app import app
+from dinat_cli.cli.app import app, command_line
 
 _EXAMPLES = """\
 Examples:
@@ -75,7 +75,7 @@ def evaluate(
         reports.check_report_path(report)
     pairs = evaluation.pair_files(gt, pred, match.value)
     result = _score_with_progress(pairs, protocol.value, y_channel, crop_border, jobs)
-    document = evaluation.to_document(result)
+    document = {"command": command_line(), **evaluation.to_document(result)}
     if report is not None:
         reports.write_report(report, document, rows_key="images", summary_key="mean")
     if as_json:

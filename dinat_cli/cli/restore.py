@@ -12,7 +12,7 @@ import typer
 
 from dinat_cli import reports
 from dinat_cli.choices import ATTENTION_BACKENDS, DEFAULT_TILE_OVERLAP
-from dinat_cli.cli.app import Command, app
+from dinat_cli.cli.app import Command, app, command_line
 from dinat_cli.options import EngineOptions, ModelSource
 from dinat_cli.planning import EXT_CHOICES, Shard
 from dinat_cli.registry import catalogue, locations, selection
@@ -219,6 +219,7 @@ def restore(
         shard=share,
         report=report,
         cluster=cluster,
+        command=command_line(),
     )
     if cluster is None:
         from dinat_cli.process import configure_process
