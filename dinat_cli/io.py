@@ -27,8 +27,11 @@ from PIL import ExifTags, Image, TiffTags, UnidentifiedImageError
 
 from dinat_cli import files
 from dinat_cli.errors import DinatError, UsageError
+from dinat_cli.video import VIDEO_EXTENSIONS
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp"})
+# What a restore run takes: images, and videos (restored frame by frame by dinat_cli.video).
+INPUT_EXTENSIONS = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
 
 _ORIENTATION = ExifTags.Base.Orientation
 _BITS_PER_SAMPLE = TiffTags.lookup(258).value
@@ -364,17 +367,17 @@ def _exif_for_output(block: bytes | None) -> bytes | None:
 
 
 def collect_inputs(input: str | Path, *, exclude: Path | None = None) -> list[InputFile]:
-    """Images named by INPUT: a file, a folder (walked recursively) or a glob pattern, sorted.
+    """Images and videos named by INPUT: a file, a folder (walked recursively) or a glob pattern, sorted.
 
-    Only IMAGE_EXTENSIONS count; hidden files and folders (our temporary files among them) are
+    Only INPUT_EXTENSIONS count; hidden files and folders (our temporary files among them) are
     skipped, and so is everything under exclude (an output folder inside the input folder; an
     output folder that is the input folder, or holds it, excludes nothing).
     """
     text = str(input)
     root = Path(text)
     if root.is_file():
-        if root.suffix.lower() not in IMAGE_EXTENSIONS:
-            raise UsageError(f"{root}: not an image file; expected one of {_suffix_list()}")
+        if root.suffix.lower() not in INPUT_EXTENSIONS:
+            raise UsageError(f"{root}: not an image or video file; expected one of {_suffix_list()}")
         return [InputFile(root, Path(root.name))]
     if root.is_dir():
         found = sorted(walk_images(root), key=lambda item: item.relative)
@@ -387,7 +390,7 @@ def collect_inputs(input: str | Path, *, exclude: Path | None = None) -> list[In
         if not input_root(text).resolve().is_relative_to(excluded):
             found = [item for item in found if not item.path.resolve().is_relative_to(excluded)]
     if not found:
-        raise UsageError(f"{text}: no images found ({_suffix_list()})")
+        raise UsageError(f"{text}: no images or videos found ({_suffix_list()})")
     return found
 
 
@@ -449,8 +452,8 @@ def _has_glob_magic(text: str) -> bool:
 
 
 def _is_visible_image(name: str) -> bool:
-    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
+    return not name.startswith(".") and Path(name).suffix.lower() in INPUT_EXTENSIONS
 
 
 def _suffix_list() -> str:
-    return " ".join(sorted(IMAGE_EXTENSIONS))
+    return " ".join(sorted(INPUT_EXTENSIONS))

@@ -25,6 +25,7 @@ from dinat_cli.registry import checksums
 from dinat_cli.results import BatchResult, FileResult
 from dinat_cli.runners.base import Runner
 from dinat_cli.runners.ray import ClusterOptions, RayRunner
+from dinat_cli.video import VideoOptions
 
 # How --gt scores each task's outputs: the protocol of the task's benchmark in the papers.
 TASK_SCORING: dict[str, Scoring] = {
@@ -40,7 +41,7 @@ TASK_SCORING: dict[str, Scoring] = {
 class RestoreRequest:
     """One restore run, as a restore command's options describe it.
 
-    `input` is an image file, a folder (walked recursively) or a glob; `output` a folder
+    `input` is an image or video file, a folder (walked recursively) or a glob; `output` a folder
     that mirrors its layout (or a file for one input file). `cluster` None runs in this
     process; otherwise on Ray workers, which get `model` and `options` as they are (the
     device aside: the cluster options choose it).
@@ -65,6 +66,8 @@ class RestoreRequest:
     cluster: ClusterOptions | None = None
     # How the run was asked for (the command line), for the report; None from Python.
     command: str | None = None
+    # How restored videos are encoded (codec, quality, segment length).
+    video: VideoOptions = field(default_factory=VideoOptions)
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,12 @@ def restore_files(
     if scoring is None:
         raise UsageError(f"unknown task {request.task!r}: expected one of {', '.join(TASK_SCORING)}")
     jobs = plan_jobs(
-        str(request.input), request.output, ext=request.ext, suffix=request.suffix, dual_pixel=request.dual_pixel
+        str(request.input),
+        request.output,
+        ext=request.ext,
+        suffix=request.suffix,
+        dual_pixel=request.dual_pixel,
+        video=request.video,
     )
     if request.shard is not None:
         jobs = request.shard.select(jobs)

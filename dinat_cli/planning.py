@@ -13,9 +13,13 @@ from pathlib import Path
 
 from dinat_cli import io
 from dinat_cli.errors import UsageError
+from dinat_cli.video import VideoOptions, is_video
 
 # Values of the restore commands' --ext option; "keep" writes each output in its input's format.
-EXT_CHOICES = ("keep", "png", "jpg", "tif", "webp")
+# An image format applies to images, a video container to videos: the other kind keeps its own.
+IMAGE_EXT_CHOICES = ("png", "jpg", "tif", "webp")
+VIDEO_EXT_CHOICES = ("mp4", "mkv", "mov", "webm", "avi")
+EXT_CHOICES = ("keep", *IMAGE_EXT_CHOICES, *VIDEO_EXT_CHOICES)
 
 # Sub-folder pairs that hold the left and right dual-pixel views under identical file names:
 # Restormer's DPDD layout, short forms, and the original DPDD release (test_l/source, test_r/source).
@@ -31,13 +35,15 @@ DUAL_PIXEL_FOLDERS = (
 class Job:
     """One output and the image(s) it is restored from: one view, or left and right.
 
-    `reference` is the ground truth the output is scored against, when the run has one.
+    `reference` is the ground truth the output is scored against, when the run has one;
+    `video` how the output is encoded, when the source is a video (restored frame by frame).
     """
 
     sources: tuple[Path, ...]
     relative: Path
     output: Path
     reference: Path | None = None
+    video: VideoOptions | None = None
 
     @property
     def name(self) -> str:
@@ -53,12 +59,22 @@ class DualPixelPair:
     relative: Path
 
 
-def plan_jobs(input: str, output: Path, *, ext: str = "keep", suffix: str = "", dual_pixel: bool = False) -> list[Job]:
+def plan_jobs(
+    input: str,
+    output: Path,
+    *,
+    ext: str = "keep",
+    suffix: str = "",
+    dual_pixel: bool = False,
+    video: VideoOptions | None = None,
+) -> list[Job]:
     """The outputs a run will produce, mirroring the input layout; clashes are usage errors.
 
     OUTPUT may be the input folder itself when a `suffix` names the outputs apart: then files
-    that are the outputs of other inputs (an earlier run's) are not inputs.
+    that are the outputs of other inputs (an earlier run's) are not inputs. Videos get video
+    jobs, written as `video` says (the input's codec by default).
     """
+    video = video or VideoOptions()
     output = Path(output)
     if dual_pixel:
         _refuse_a_file_as_folder(output)
@@ -68,8 +84,8 @@ def plan_jobs(input: str, output: Path, *, ext: str = "keep", suffix: str = "", 
         ]
     else:
         inputs = io.collect_inputs(input, exclude=output)
-        if Path(input).is_file() and output.suffix.lower() in io.IMAGE_EXTENSIONS:
-            jobs = [Job((inputs[0].path,), inputs[0].relative, output)]
+        if Path(input).is_file() and output.suffix.lower() in io.INPUT_EXTENSIONS:
+            jobs = [Job((inputs[0].path,), inputs[0].relative, output, video=_video_of(inputs[0].path, video))]
         else:
             _refuse_a_file_as_folder(output)
             if output.resolve() == io.input_root(input).resolve() and not suffix:
@@ -78,7 +94,13 @@ def plan_jobs(input: str, output: Path, *, ext: str = "keep", suffix: str = "", 
                     "add a --suffix (e.g. --suffix _restored) to write beside them, or choose another folder"
                 )
             jobs = [
-                Job((item.path,), item.relative, output_path(item.relative, output, ext, suffix)) for item in inputs
+                Job(
+                    (item.path,),
+                    item.relative,
+                    output_path(item.relative, output, ext, suffix),
+                    video=_video_of(item.path, video),
+                )
+                for item in inputs
             ]
             if suffix:
                 jobs = _without_outputs_of_others(jobs)
@@ -91,7 +113,8 @@ def output_path(relative: Path, output_dir: Path, ext: str = "keep", suffix: str
     if ext not in EXT_CHOICES:
         raise UsageError(f"--ext {ext}: expected one of {', '.join(EXT_CHOICES)}")
     relative = Path(relative)
-    extension = relative.suffix if ext == "keep" else f".{ext}"
+    of_its_kind = VIDEO_EXT_CHOICES if is_video(relative) else IMAGE_EXT_CHOICES
+    extension = f".{ext}" if ext in of_its_kind else relative.suffix
     return Path(output_dir) / relative.parent / f"{relative.stem}{suffix}{extension}"
 
 
@@ -118,6 +141,10 @@ def _dual_pixel_folders(root: Path) -> tuple[Path, Path]:
             return root / left, root / right
     expected = ", ".join(f"{left}/ + {right}/" for left, right in DUAL_PIXEL_FOLDERS)
     raise UsageError(f"{root}: not a folder with left/right view sub-folders ({expected})")
+
+
+def _video_of(source: Path, options: VideoOptions) -> VideoOptions | None:
+    return options if is_video(source) else None
 
 
 def _refuse_a_file_as_folder(output: Path) -> None:

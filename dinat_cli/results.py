@@ -36,6 +36,9 @@ class FileResult:
     input: str | None = None
     # The input's own scores against the same ground truth: what the restoration gained.
     input_scores: dict[str, float] = field(default_factory=dict)
+    # A video's frames, and those restored by this run (fewer when it resumed an interrupted one).
+    frames: int | None = None
+    restored_frames: int | None = None
 
     @classmethod
     def of(cls, job: Job, status: Status, **fields: object) -> FileResult:
@@ -55,6 +58,9 @@ class FileResult:
         }
         row.update(self.scores)
         row.update({f"input_{name}": value for name, value in self.input_scores.items()})
+        if self.frames is not None:
+            row["frames"] = self.frames
+            row["restored_frames"] = self.restored_frames
         if self.tile:
             row["tile"] = self.tile
         if self.precision:

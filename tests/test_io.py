@@ -566,7 +566,7 @@ def test_symlinked_sub_folders_are_followed_once_and_loops_end(photo_tree: Path,
         (lambda root: root / "missing", "no such file or folder"),
         (lambda root: f"{root}/*.gif", "no images found"),
         (lambda root: root / "empty", "no images found"),
-        (lambda root: root / "notes.txt", "not an image file"),
+        (lambda root: root / "notes.txt", "not an image or video file"),
     ],
 )
 def test_nothing_to_do_is_a_usage_error(photo_tree: Path, make_input, message: str) -> None:

@@ -29,6 +29,8 @@ def describe(result: FileResult) -> str:
     if result.status == "failed":
         return f"failed  {result.name}: {result.error}"
     details = [f"{result.seconds:.2f} s"]
+    if result.frames is not None:
+        details.append(_frames_text(result))
     if result.attempts > 1:
         details.append(f"attempt {result.attempts}: a worker died")
     if result.scores:
@@ -98,6 +100,16 @@ class RunDisplay:
         if batch.interrupted:
             line = "interrupted: " + line
         self.console.print(line, markup=False)
+
+
+def _frames_text(result: FileResult) -> str:
+    """A video's frames and the pace of this run's share of them."""
+    text = f"{result.frames} frames"
+    if result.restored_frames and result.seconds:
+        text += f", {result.restored_frames / result.seconds:.2f} frames/s"
+    if result.restored_frames != result.frames:
+        text += f", {result.restored_frames} restored now (resumed)"
+    return text
 
 
 def _pace(done: int, seconds: float) -> str:

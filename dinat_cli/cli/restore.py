@@ -16,6 +16,7 @@ from dinat_cli.cli.app import Command, app, command_line
 from dinat_cli.options import EngineOptions, ModelSource
 from dinat_cli.planning import EXT_CHOICES, Shard
 from dinat_cli.registry import catalogue, locations, selection
+from dinat_cli.video import VideoOptions
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,16 @@ def _parameters(with_dual_pixel: bool) -> list[inspect.Parameter]:
         ("overwrite", bool, _option(False, "--overwrite", help="Redo outputs that exist (default: skip them).")),
         ("ext", str, _option("keep", "--ext", help=f"Output format: {'|'.join(EXT_CHOICES)}.")),
         ("suffix", str, _option("", "--suffix", help="Added to each output file's stem, e.g. _restored.")),
+        (
+            "video_codec",
+            str | None,
+            _option(
+                None,
+                "--video-codec",
+                help="Videos: encoder, e.g. libx264, libx265, ffv1 (lossless); default: the input's.",
+            ),
+        ),
+        ("crf", int | None, _option(None, "--crf", help="Videos: the encoder's quality (x264/x265: lower is better).")),
         ("gt", Path | None, _option(None, "--gt", help="Ground-truth folder: score each output and print the mean.")),
         (
             "report",
@@ -167,6 +178,8 @@ def restore(
     overwrite: bool,
     ext: str,
     suffix: str,
+    video_codec: str | None,
+    crf: int | None,
     gt: Path | None,
     report: Path | None,
     json_output: bool,
@@ -213,6 +226,7 @@ def restore(
         options=options,
         ext=ext,
         suffix=suffix,
+        video=VideoOptions(codec=video_codec, crf=crf),
         dual_pixel=dual_pixel,
         overwrite=overwrite,
         gt=gt,

@@ -105,6 +105,8 @@ def restore_file(job: Job, restore: RestoreFn, scoring: evaluation.Scoring | Non
     file system takes no more writes) is raised, as it stops the batch. `seconds` counts this
     file's reading, model time and writing, not the time it waited for the model.
     """
+    if job.video is not None:
+        return _restore_video_file(job, restore, scoring)
     begin = time.perf_counter()
     try:
         template, pixels = _load(job)
@@ -143,6 +145,30 @@ def restore_file(job: Job, restore: RestoreFn, scoring: evaluation.Scoring | Non
         input_scores=input_scores,
         tile=restored.tile,
         precision=restored.precision,
+    )
+
+
+def _restore_video_file(job: Job, restore: RestoreFn, scoring: evaluation.Scoring | None) -> FileResult:
+    """A video job: its frames restored one by one into a video, in resumable segments."""
+    from dinat_cli import video  # PyAV: only runs that restore videos load it
+
+    begin = time.perf_counter()
+    try:
+        done = video.restore_video(job.sources[0], job.output, restore, job.video)
+    except StorageError:
+        raise
+    except Exception as error:
+        return FileResult.of(job, "failed", seconds=time.perf_counter() - begin, error=_describe(error))
+    note = "not scored: scoring videos against ground truth is not supported yet" if scoring is not None else None
+    return FileResult.of(
+        job,
+        "done",
+        seconds=time.perf_counter() - begin,
+        error=note,
+        tile=done.tile,
+        precision=done.precision,
+        frames=done.frames,
+        restored_frames=done.restored_frames,
     )
 
 

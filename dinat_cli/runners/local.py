@@ -103,7 +103,7 @@ class _MainThreadModel:
     def __init__(self, call: RestoreFn) -> None:
         self._call = call
         self._guard = threading.Lock()
-        self._requests: dict[int, tuple[np.ndarray, Future[Restored]]] = {}
+        self._requests: dict[int, tuple[np.ndarray, Future[Restored], bool]] = {}
         # Turns whose file is done without asking for the model (it could not be read).
         self._passed: set[int] = set()
         self._turn = 0
@@ -112,21 +112,22 @@ class _MainThreadModel:
 
     def in_turn(self, turn: int, job: Job, scoring: evaluation.Scoring | None) -> FileResult:
         """Called on a helper thread: `restore_file` for `job`, the model serving it in `turn`."""
+        # A video asks for the model once a frame, all in its turn: the turn passes when its file is done.
         try:
-            return restore_file(job, functools.partial(self._restore, turn), scoring)
+            return restore_file(job, functools.partial(self._restore, turn, job.video is None), scoring)
         finally:
             with self._guard:
                 if turn >= self._turn:
                     self._passed.add(turn)
             self._wake.put(None)
 
-    def _restore(self, turn: int, pixels: np.ndarray) -> Restored:
-        """Waits for the main thread to restore `pixels` in `turn`."""
+    def _restore(self, turn: int, last: bool, pixels: np.ndarray) -> Restored:
+        """Waits for the main thread to restore `pixels` in `turn`; `last` passes the turn on."""
         reply: Future[Restored] = Future()
         with self._guard:
             if self._stopped:
                 raise _Stopped
-            self._requests[turn] = (pixels, reply)
+            self._requests[turn] = (pixels, reply, last)
         self._wake.put(None)
         return reply.result()
 
@@ -155,9 +156,12 @@ class _MainThreadModel:
                 self._passed.remove(self._turn)
                 self._turn += 1
             request = self._requests.pop(self._turn, None)
-            if request is not None:
+            if request is None:
+                return None
+            pixels, reply, last = request
+            if last:
                 self._turn += 1
-            return request
+            return pixels, reply
 
     def stop(self) -> None:
         """Refuse new requests and release the helpers still waiting."""
@@ -165,5 +169,5 @@ class _MainThreadModel:
             self._stopped = True
             waiting = list(self._requests.values())
             self._requests.clear()
-        for _, reply in waiting:
+        for _, reply, _ in waiting:
             reply.set_exception(_Stopped())

@@ -1,0 +1,349 @@
+"""Video files -> restored video files, frame by frame, in segments that survive an interrupted run.
+
+PyAV decodes the clip and encodes the restored frames; no ffmpeg process is started. The restored
+video is written in segments of `VideoOptions.segment_frames` frames, each a small NUT file (NUT keeps
+any time base, so timestamps are exact) in a hidden work folder beside the output. A segment file
+appears under its final name only when complete, so a run killed at any point loses at most the
+segment in flight; a rerun finds the finished segments, decodes past their frames without restoring
+them, and goes on. When every segment is there, their packets are muxed with the input's audio and
+subtitle packets (copied, never re-encoded) into a temporary file renamed to the output, and the work
+folder is removed. Memory is flat in the clip's length: one segment's encoder and one frame at a time.
+
+Frames keep their timestamps (pts copied, so variable frame rate stays), the clip its size, and the
+encoder the input's colour metadata. 8-bit input goes through the network as 8-bit frames, deeper input
+(10-bit) as 16-bit frames and out in the codec's deep pixel format.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from dinat_cli import files
+from dinat_cli.errors import DinatError, StorageError
+
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi"})
+
+# The input's codec -> the encoder that writes it again ("keep").
+_ENCODERS = {
+    "h264": "libx264",
+    "hevc": "libx265",
+    "vp9": "libvpx-vp9",
+    "vp8": "libvpx",
+    "av1": "libaom-av1",
+    "mpeg4": "mpeg4",
+    "mjpeg": "mjpeg",
+    "ffv1": "ffv1",
+}
+# Codecs that store every frame exactly: their output equals the frames restored as photos.
+LOSSLESS_CODECS = ("ffv1",)
+
+WORK_MARKER = ".dinat-video"
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    """How videos are written: `codec` None keeps the input's; `crf` None takes the encoder's default quality.
+
+    `segment_frames` frames make a segment, the work an interrupted run can lose.
+    """
+
+    codec: str | None = None
+    crf: int | None = None
+    segment_frames: int = 120
+
+
+@dataclass(frozen=True)
+class VideoRestored:
+    """What restoring a clip did: frames restored now (not those of segments an earlier run finished)."""
+
+    frames: int
+    restored_frames: int
+    model_seconds: float
+    tile: int | None
+    precision: str | None
+
+
+FrameRestorer = Callable[[np.ndarray], "object"]
+
+
+def is_video(path: Path) -> bool:
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+
+
+def work_folder(output: Path) -> Path:
+    """The hidden folder beside `output` where its segments wait for the final mux."""
+    output = Path(output)
+    return output.with_name(f".{output.name}{WORK_MARKER}")
+
+
+def restore_video(source: Path, output: Path, restore: FrameRestorer, options: VideoOptions) -> VideoRestored:
+    """Restore every frame of `source` with `restore` (float32 HxWx3 in [0, 1] -> `Restored`) into `output`.
+
+    Finished segments of an earlier, interrupted run with the same options are kept. A problem with
+    the input raises a DinatError naming it; then the work folder is removed (nothing partial stays).
+    """
+    import av
+
+    source, output = Path(source), Path(output)
+    work = work_folder(output)
+    try:
+        probe = _probe(source)
+        _prepare_work_folder(work, source, options)
+        stats = _restore_segments(source, work, restore, options, probe)
+        _mux(source, work, output, probe)
+    except StorageError:
+        raise
+    except (av.FFmpegError, ValueError, DinatError) as error:
+        shutil.rmtree(work, ignore_errors=True)
+        if isinstance(error, DinatError):
+            raise
+        raise DinatError(f"{source}: cannot restore the video ({_reason(error)})") from error
+    except OSError as error:
+        shutil.rmtree(work, ignore_errors=True)
+        raise files.write_failure(output, error) from error
+    shutil.rmtree(work, ignore_errors=True)
+    return stats
+
+
+@dataclass(frozen=True)
+class _Probe:
+    codec: str
+    width: int
+    height: int
+    deep: bool
+    time_base: Fraction
+    rate: Fraction | None
+    colour: dict[str, int]
+
+
+def _probe(source: Path) -> _Probe:
+    import av
+
+    try:
+        container = av.open(str(source))
+    except av.FFmpegError as error:
+        raise DinatError(f"{source}: not a readable video ({_reason(error)})") from None
+    with container:
+        if not container.streams.video:
+            raise DinatError(f"{source}: no video stream")
+        stream = container.streams.video[0]
+        context = stream.codec_context
+        if context is None or stream.codec_context.name is None:
+            raise DinatError(f"{source}: unsupported video codec")
+        if stream.time_base is None:
+            raise DinatError(f"{source}: the video stream has no time base")
+        format_name = context.format.name if context.format is not None else ""
+        colour = {
+            name: int(getattr(context, name))
+            for name in ("color_primaries", "color_trc", "colorspace", "color_range")
+            if getattr(context, name, None) is not None
+        }
+        return _Probe(
+            codec=context.name,
+            width=context.width,
+            height=context.height,
+            deep=any(bits in format_name for bits in ("p10", "p12", "p16", "48")),
+            time_base=stream.time_base,
+            rate=stream.average_rate,
+            colour=colour,
+        )
+
+
+def _prepare_work_folder(work: Path, source: Path, options: VideoOptions) -> None:
+    """Keep segments an earlier run wrote for the same input and options; start afresh otherwise."""
+    stat = source.stat()
+    settings = {"options": asdict(options), "source_size": stat.st_size, "source_mtime_ns": stat.st_mtime_ns}
+    manifest = work / "settings.json"
+    if work.is_dir():
+        try:
+            same = json.loads(manifest.read_text()) == settings
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            shutil.rmtree(work)
+    if not work.is_dir():
+        work.mkdir(parents=True)
+        files.write_atomically(manifest, json.dumps(settings).encode())
+
+
+def _segment_path(work: Path, index: int) -> Path:
+    return work / f"segment-{index:06d}.nut"
+
+
+def _restore_segments(
+    source: Path, work: Path, restore: FrameRestorer, options: VideoOptions, probe: _Probe
+) -> VideoRestored:
+    import av
+
+    frames = restored = 0
+    model_seconds = 0.0
+    tile = precision = None
+    with av.open(str(source)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        segment: _SegmentWriter | None = None
+        for frame in container.decode(stream):
+            index = frames // options.segment_frames
+            frames += 1
+            if _segment_path(work, index).exists():
+                continue  # an earlier run finished it
+            if segment is not None and segment.index != index:
+                segment.finish()
+                segment = None
+            if segment is None:
+                segment = _SegmentWriter(work, index, options, probe)
+            pixels = frame.to_ndarray(format="rgb48le" if probe.deep else "rgb24")
+            scale = 65535.0 if probe.deep else 255.0
+            result = restore(pixels.astype(np.float32) / scale)
+            model_seconds += result.seconds
+            tile, precision = result.tile, result.precision
+            restored += 1
+            segment.write(_quantise(result.pixels, probe.deep), frame)
+        if segment is not None:
+            segment.finish()
+    if frames == 0:
+        raise DinatError(f"{source}: no frame could be decoded")
+    return VideoRestored(frames, restored, model_seconds, tile, precision)
+
+
+def _quantise(pixels: np.ndarray, deep: bool) -> np.ndarray:
+    """The network's float output as the frame's integers: rounded as the image writers round."""
+    scale = 65535.0 if deep else 255.0
+    values = np.clip(pixels, 0.0, 1.0) * scale
+    return np.ascontiguousarray(np.rint(values).astype(np.uint16 if deep else np.uint8))
+
+
+class _SegmentWriter:
+    """Encodes one segment into a temporary NUT file, renamed to its final name by `finish`."""
+
+    def __init__(self, work: Path, index: int, options: VideoOptions, probe: _Probe) -> None:
+        import av
+
+        self.index = index
+        self._path = _segment_path(work, index)
+        self._temp = self._path.with_name(f".{self._path.name}{files.TEMP_MARKER}{secrets.token_hex(4)}")
+        self._container = av.open(str(self._temp), "w", format="nut")
+        codec = options.codec or _ENCODERS.get(probe.codec)
+        if codec is None:
+            raise DinatError(f"no encoder for the input's codec {probe.codec}: choose one with --video-codec")
+        try:
+            stream = self._container.add_stream(codec, rate=probe.rate)
+        except (ValueError, av.FFmpegError) as error:
+            raise DinatError(f"--video-codec {codec}: not an encoder this PyAV has ({_reason(error)})") from None
+        stream.width, stream.height = probe.width, probe.height
+        stream.time_base = probe.time_base
+        stream.pix_fmt = _pixel_format(stream.codec_context.codec, probe.deep)
+        context = stream.codec_context
+        context.time_base = probe.time_base
+        for name, value in probe.colour.items():
+            setattr(context, name, value)
+        encoder_options: dict[str, str] = {}
+        if options.crf is not None:
+            encoder_options["crf"] = str(options.crf)
+        if codec in ("libx264", "libx265"):
+            # No B-frames: each segment's decoding timestamps then follow the previous segment's.
+            context.max_b_frames = 0
+        stream.options = encoder_options
+        self._stream = stream
+
+    def write(self, pixels: np.ndarray, source: object) -> None:
+        """Encode `pixels`, the restored `source` frame, with its timestamp and duration."""
+        import av
+
+        frame = av.VideoFrame.from_ndarray(pixels, format="rgb48le" if pixels.dtype == np.uint16 else "rgb24")
+        frame.pts, frame.time_base, frame.duration = source.pts, source.time_base, source.duration
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+
+    def finish(self) -> None:
+        for packet in self._stream.encode(None):
+            self._container.mux(packet)
+        self._container.close()
+        os.replace(self._temp, self._path)
+
+
+def _pixel_format(codec: object, deep: bool) -> str:
+    """RGB when the codec stores it (lossless codecs: the frames come back exactly), else 4:2:0 YUV."""
+    formats = [item.name for item in (getattr(codec, "video_formats", None) or [])]
+    if getattr(codec, "name", "") in LOSSLESS_CODECS:
+        wanted = ("gbrp16le",) if deep else ("gbrp", "bgr0")
+    elif deep:
+        wanted = ("yuv420p10le", "yuv420p")
+    else:
+        wanted = ("yuv420p",)
+    for name in wanted:
+        if not formats or name in formats:
+            return name
+    return formats[0]
+
+
+def _mux(source: Path, work: Path, output: Path, probe: _Probe) -> None:
+    """The segments' video packets and the input's other streams, copied into `output` atomically."""
+    import av
+
+    segments = sorted(work.glob("segment-*.nut"))
+    temp = output.with_name(f".{output.name}{files.TEMP_MARKER}{secrets.token_hex(4)}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with av.open(str(source)) as inputs, av.open(segments[0].as_posix()) as first:
+            others = [stream for stream in inputs.streams if stream.type in ("audio", "subtitle")]
+            with av.open(str(temp), "w", format=_container_format(output)) as target:
+                video = target.add_stream_from_template(first.streams.video[0])
+                copies = {}
+                for stream in others:
+                    try:
+                        copies[stream.index] = target.add_stream_from_template(stream)
+                    except (ValueError, av.FFmpegError):
+                        continue  # a stream this container cannot hold (e.g. mov_text in mkv)
+                for packet in heapq.merge(
+                    _segment_packets(segments), _input_packets(inputs, list(copies)), key=_packet_time
+                ):
+                    packet.stream = video if packet.stream.type == "video" else copies[packet.stream.index]
+                    target.mux(packet)
+        os.replace(temp, output)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def _container_format(output: Path) -> str | None:
+    return {".mkv": "matroska", ".webm": "webm", ".mov": "mov", ".mp4": "mp4", ".avi": "avi"}.get(output.suffix.lower())
+
+
+def _segment_packets(segments: list[Path]) -> Iterator[object]:
+    import av
+
+    for path in segments:
+        with av.open(path.as_posix()) as container:
+            for packet in container.demux(container.streams.video[0]):
+                if packet.dts is not None or packet.pts is not None:
+                    yield packet
+
+
+def _input_packets(container: object, indices: list[int]) -> Iterator[object]:
+    if not indices:
+        return
+    streams = [container.streams[index] for index in indices]
+    for packet in container.demux(streams):
+        if packet.dts is not None or packet.pts is not None:
+            yield packet
+
+
+def _packet_time(packet: object) -> Fraction:
+    stamp = packet.dts if packet.dts is not None else packet.pts
+    return stamp * packet.time_base
+
+
+def _reason(error: BaseException) -> str:
+    text = getattr(error, "strerror", None) or str(error)
+    return text.split(": '", 1)[0]

@@ -1,0 +1,315 @@
+"""Videos through the restore commands: clips the tests make with PyAV, restored frame by frame."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+from installed import DINAT
+from small_model import save_checkpoint
+
+from dinat_cli import video
+from dinat_cli.engine import Restorer
+from dinat_cli.io import read_image
+from dinat_cli.options import EngineOptions, ModelSource
+from dinat_cli.pipeline import RestoreRequest, restore_files
+
+OPTIONS = EngineOptions(device="cpu", attention="torch")
+TIME_BASE = Fraction(1, 12800)
+# Variable frame rate: every third frame lasts twice as long.
+STEPS = (1066, 533, 533)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return save_checkpoint(tmp_path_factory.mktemp("weights") / "net_g_latest.pth")
+
+
+@pytest.fixture(scope="module")
+def restorer(checkpoint: Path) -> Restorer:
+    return Restorer.load(ModelSource(checkpoint), OPTIONS)
+
+
+def make_clip(
+    path: Path,
+    *,
+    frames: int = 12,
+    codec: str = "libx264",
+    pix_fmt: str = "yuv420p",
+    audio: bool = True,
+    size: tuple[int, int] = (64, 48),
+) -> Path:
+    """A clip of smooth moving gradients (so that a lossy codec keeps them well), VFR, with a sine tone."""
+    width, height = size
+    deep = "10" in pix_fmt
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=24)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        stream.time_base = TIME_BASE
+        sound = container.add_stream("aac", rate=8000) if audio else None
+        y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+        pts = 0
+        for index in range(frames):
+            rgb = np.stack([x / width, y / height, (x + y + 4 * index) % 32 / 32], axis=2)
+            if deep:
+                frame = av.VideoFrame.from_ndarray((rgb * 65535).astype(np.uint16), format="rgb48le")
+            else:
+                frame = av.VideoFrame.from_ndarray((rgb * 255).astype(np.uint8), format="rgb24")
+            frame.pts, frame.time_base = pts, TIME_BASE
+            pts += STEPS[index % 3]
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+        if sound is not None:
+            tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(8000) / 8000)).astype(np.float32)[None]
+            for start in range(0, 8000, 1024):
+                chunk = av.AudioFrame.from_ndarray(tone[:, start : start + 1024].copy(), format="fltp", layout="mono")
+                chunk.sample_rate, chunk.pts = 8000, start
+                for packet in sound.encode(chunk):
+                    container.mux(packet)
+            for packet in sound.encode(None):
+                container.mux(packet)
+    return path
+
+
+def decoded(path: Path, pixel_format: str = "rgb24") -> tuple[list[np.ndarray], list[float], dict[str, object]]:
+    """Frames, their times in seconds and the video stream's facts."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames, times = [], []
+        for frame in container.decode(stream):
+            frames.append(frame.to_ndarray(format=pixel_format))
+            times.append(float(frame.pts * frame.time_base))
+        facts = {
+            "codec": stream.codec_context.name,
+            "size": (stream.codec_context.width, stream.codec_context.height),
+            "pix_fmt": stream.codec_context.pix_fmt,
+            "streams": [item.type for item in container.streams],
+            "rate": stream.guessed_rate,
+        }
+    return frames, times, facts
+
+
+def audio_packets(path: Path) -> list[bytes]:
+    with av.open(str(path)) as container:
+        return [bytes(packet) for packet in container.demux(audio=0) if packet.size]
+
+
+def all_packets(path: Path) -> list[tuple[str, int | None, bytes]]:
+    with av.open(str(path)) as container:
+        return [(packet.stream.type, packet.pts, bytes(packet)) for packet in container.demux() if packet.size]
+
+
+def round_trip(frames: list[np.ndarray], path: Path) -> list[np.ndarray]:
+    """`frames` encoded as the restored clip is (libx264, yuv420p, crf 12, no B-frames) and decoded."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        stream.codec_context.max_b_frames = 0
+        stream.options = {"crf": "12"}
+        for index, pixels in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            frame.pts = index
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return decoded(path)[0]
+
+
+def _mean_error(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(int) - b.astype(int)).mean())
+
+
+def as_photos(restorer: Restorer, frames: list[np.ndarray]) -> list[np.ndarray]:
+    """Each frame restored as a photo is: float in [0, 1], the network, rounded to the frame's integers."""
+    top = np.iinfo(frames[0].dtype).max
+    return [
+        np.rint(np.clip(restorer.restore(frame.astype(np.float32) / top).pixels, 0, 1) * top).astype(frame.dtype)
+        for frame in frames
+    ]
+
+
+def test_a_clip_keeps_its_size_frames_timestamps_and_audio_and_frames_are_restored_within_the_codec_loss(
+    tmp_path: Path, checkpoint: Path, restorer: Restorer
+) -> None:
+    (tmp_path / "in").mkdir()
+    clip = make_clip(tmp_path / "in" / "clip.mp4")
+    out = tmp_path / "out"
+    request = RestoreRequest(
+        "denoise",
+        tmp_path / "in",
+        out,
+        ModelSource(checkpoint),
+        OPTIONS,
+        video=video.VideoOptions(crf=12, segment_frames=5),
+    )
+    run = restore_files(request)
+
+    assert run.result.exit_code == 0
+    row = run.document["files"][0]
+    assert (row["name"], row["status"], row["frames"], row["restored_frames"]) == ("clip.mp4", "done", 12, 12)
+    frames_in, times_in, facts_in = decoded(clip)
+    frames_out, times_out, facts_out = decoded(out / "clip.mp4")
+    assert (
+        facts_out
+        == facts_in
+        == {"codec": "h264", "size": (64, 48), "pix_fmt": "yuv420p", "streams": ["video", "audio"], "rate": 24}
+    )
+    assert len(frames_out) == 12
+    # The same presentation times, variable frame rate included (the mp4 time base may differ: 1 tick).
+    assert np.allclose(times_out, times_in, atol=1 / 12800) and set(np.diff(times_in).round(2)) == {0.04, 0.08}
+    assert audio_packets(out / "clip.mp4") == audio_packets(clip)  # copied, not encoded again
+    photos = as_photos(restorer, frames_in)
+    # What the codec alone loses on the photo-restored frames: the restored clip loses no more.
+    through_codec = round_trip(photos, tmp_path / "photos.mp4")
+    for got, photo, coded in zip(frames_out, photos, through_codec, strict=True):
+        assert _mean_error(got, photo) <= 1.05 * _mean_error(coded, photo) + 0.1
+    assert [path.name for path in out.iterdir() if path.name != ".dinat.lock"] == ["clip.mp4"]  # no work folder
+
+
+def test_the_cli_restores_a_folder_of_a_clip_and_a_photo_losslessly_as_photos_are_restored(
+    tmp_path: Path, checkpoint: Path, restorer: Restorer
+) -> None:
+    source, out = tmp_path / "in", tmp_path / "out"
+    (source / "sub").mkdir(parents=True)
+    clip = make_clip(source / "sub" / "clip.mp4")
+    cv2.imwrite(str(source / "photo.png"), np.random.default_rng(1).integers(0, 256, (40, 48, 3), dtype=np.uint8))
+    command = [*DINAT, "denoise", str(source), str(out), "--weights", str(checkpoint), "--device", "cpu"]
+    done = subprocess.run(
+        [*command, "--attention", "torch", "--video-codec", "ffv1", "--ext", "mkv"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "done    sub/clip.mp4 -> " in done.stderr and " s, 12 frames, " in done.stderr  # one line per clip
+
+    frames_in, times_in, _ = decoded(clip)
+    frames_out, times_out, facts = decoded(out / "sub" / "clip.mkv")
+    assert (facts["codec"], facts["size"], facts["streams"]) == ("ffv1", (64, 48), ["video", "audio"])
+    for got, expected in zip(frames_out, as_photos(restorer, frames_in), strict=True):
+        np.testing.assert_array_equal(got, expected)
+    # Matroska counts milliseconds and shifts the start by the AAC priming: the intervals are kept.
+    assert np.allclose(np.diff(times_out), np.diff(times_in), atol=1e-3)
+    assert audio_packets(out / "sub" / "clip.mkv") == audio_packets(clip)
+    photo = read_image(source / "photo.png")
+    expected = photo.with_float_pixels(restorer.restore(photo.to_float()).pixels).pixels
+    np.testing.assert_array_equal(read_image(out / "photo.png").pixels, expected)  # --ext mkv is for videos
+
+
+def test_ten_bit_video_goes_through_sixteen_bit_frames_and_comes_out_deep(
+    tmp_path: Path, checkpoint: Path, restorer: Restorer
+) -> None:
+    clip = make_clip(tmp_path / "deep.mkv", codec="ffv1", pix_fmt="yuv420p10le", audio=False)
+    out = tmp_path / "out"
+    lossless = RestoreRequest("denoise", clip, out / "deep.mkv", ModelSource(checkpoint), OPTIONS)
+    restore_files(lossless)  # the input's codec, ffv1: RGB at 16 bits, exactly
+    frames_in, _, _ = decoded(clip, "rgb48le")
+    frames_out, _, facts = decoded(out / "deep.mkv", "rgb48le")
+    assert facts["pix_fmt"] == "gbrp16le" and frames_in[0].dtype == np.uint16
+    for got, expected in zip(frames_out, as_photos(restorer, frames_in), strict=True):
+        np.testing.assert_array_equal(got, expected)
+
+    lossy = RestoreRequest(
+        "denoise", clip, out / "deep.mp4", ModelSource(checkpoint), OPTIONS, video=video.VideoOptions("libx264")
+    )
+    restore_files(lossy)
+    assert decoded(out / "deep.mp4")[2]["pix_fmt"] == "yuv420p10le"
+    tenbit = decoded(clip, "rgb48le")[0][3] >> 6
+    assert len(np.unique(tenbit)) > 256  # the input used more than 8 bits
+
+
+def test_a_clip_killed_mid_run_resumes_to_the_file_an_uninterrupted_run_writes(
+    tmp_path: Path, checkpoint: Path
+) -> None:
+    clip = make_clip(tmp_path / "in" / "clip.mp4", frames=16) if _mkdir(tmp_path / "in") else None
+    options = video.VideoOptions("ffv1", segment_frames=4)
+    whole = restore_files(_request(clip, tmp_path / "whole", checkpoint, options))
+    assert whole.document["files"][0]["restored_frames"] == 16
+
+    # A run whose model stalls once two segments are written, as a long clip would be caught mid-way.
+    interrupted = tmp_path / "resumed"
+    work = video.work_folder(interrupted / "clip.mkv")
+    script = textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from dinat_cli import engine, video
+        from dinat_cli.options import EngineOptions, ModelSource
+        from dinat_cli.pipeline import RestoreRequest, restore_files
+
+        original = engine.Restorer.restore
+        def stalling(self, image):
+            if Path({str(work / "segment-000001.nut")!r}).exists():
+                time.sleep(600)
+            return original(self, image)
+        engine.Restorer.restore = stalling
+        options = video.VideoOptions("ffv1", segment_frames=4)
+        model = ModelSource(Path({str(checkpoint)!r}))
+        engine_options = EngineOptions(device="cpu", attention="torch")
+        output = Path({str(interrupted)!r})
+        restore_files(RestoreRequest("denoise", {str(clip)!r}, output, model, engine_options, ext="mkv", video=options))
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        while not (work / "segment-000001.nut").exists():
+            assert child.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.05)
+        time.sleep(0.5)  # the third segment is in flight
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    assert not (interrupted / "clip.mkv").exists()  # nothing under the final name
+    assert sorted(path.name for path in work.glob("segment-*")) == ["segment-000000.nut", "segment-000001.nut"]
+
+    resumed = restore_files(_request(clip, interrupted, checkpoint, options))
+    row = resumed.document["files"][0]
+    assert (row["status"], row["frames"], row["restored_frames"]) == ("done", 16, 8)  # two segments were kept
+    assert all_packets(interrupted / "clip.mkv") == all_packets(tmp_path / "whole" / "clip.mkv")
+    assert not work.exists() and not list(interrupted.rglob(".*.tmp-*"))
+
+
+def _mkdir(folder: Path) -> bool:
+    folder.mkdir(parents=True)
+    return True
+
+
+def _request(clip: Path, out: Path, checkpoint: Path, options: video.VideoOptions) -> RestoreRequest:
+    return RestoreRequest("denoise", clip, out, ModelSource(checkpoint), OPTIONS, ext="mkv", video=options)
+
+
+def test_bad_videos_fail_with_one_line_each_and_the_batch_goes_on(tmp_path: Path, checkpoint: Path) -> None:
+    source, out = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    good = make_clip(source / "good.mp4")
+    (source / "corrupt.mp4").write_bytes(np.random.default_rng(2).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    (source / "truncated.mp4").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with av.open(str(source / "silent.mkv"), "w") as container:  # audio only
+        stream = container.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+        frame.sample_rate = 8000
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    run = restore_files(RestoreRequest("denoise", source, out, ModelSource(checkpoint), OPTIONS))
+    rows = {row["name"]: row for row in run.document["files"]}
+    assert rows["good.mp4"]["status"] == "done" and run.result.exit_code == 1
+    assert rows["corrupt.mp4"]["error"].startswith(f"{source / 'corrupt.mp4'}: not a readable video (")
+    assert rows["truncated.mp4"]["error"].startswith(f"{source / 'truncated.mp4'}: not a readable video (")
+    assert rows["silent.mkv"]["error"] == f"{source / 'silent.mkv'}: no video stream"
+    for row in rows.values():
+        assert "\n" not in row.get("error", "")
+
+    unsupported = RestoreRequest(
+        "denoise", good, out / "again.mp4", ModelSource(checkpoint), OPTIONS, video=video.VideoOptions("no-such-codec")
+    )
+    row = restore_files(unsupported).document["files"][0]
+    assert row["status"] == "failed" and row["error"].startswith("--video-codec no-such-codec: not an encoder")
+    assert sorted(path.name for path in out.iterdir() if path.name != ".dinat.lock") == ["good.mp4"]  # nothing partial
