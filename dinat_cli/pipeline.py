@@ -23,7 +23,7 @@ from dinat_cli.output_folder import output_lock
 from dinat_cli.planning import Job, Shard, plan_jobs
 from dinat_cli.registry import checksums
 from dinat_cli.results import BatchResult, FileResult
-from dinat_cli.runners.base import Runner
+from dinat_cli.runners.base import OnFrames, Runner
 from dinat_cli.runners.ray import ClusterOptions, RayRunner
 from dinat_cli.video import VideoOptions
 
@@ -83,12 +83,14 @@ def restore_files(
     *,
     on_start: Callable[[int, str | None], None] | None = None,
     on_result: Callable[[FileResult], None] | None = None,
+    on_frames: OnFrames | None = None,
 ) -> RestoreRun:
     """Run `request` to its end; returns the results and the report document.
 
     `on_start(planned, note)` is called once the model is loaded and the output folder
     locked, with the number of files planned and a line on how the run starts (or None);
-    `on_result` with each file's result as it is known. Problems with the request raise
+    `on_result` with each file's result as it is known, `on_frames` with each
+    frame of a video restored in this process. Problems with the request raise
     a DinatError before any output is written; problems with one file are in its result.
     """
     scoring = TASK_SCORING.get(request.task)
@@ -120,6 +122,7 @@ def restore_files(
             overwrite=request.overwrite,
             scoring=scoring if request.gt is not None else None,
             on_result=on_result,
+            on_frames=on_frames,
         )
     document = {
         "task": request.task,

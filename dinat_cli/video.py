@@ -86,8 +86,17 @@ def work_folder(output: Path) -> Path:
     return output.with_name(f".{output.name}{WORK_MARKER}")
 
 
-def restore_video(source: Path, output: Path, restore: FrameRestorer, options: VideoOptions) -> VideoRestored:
+def restore_video(
+    source: Path,
+    output: Path,
+    restore: FrameRestorer,
+    options: VideoOptions,
+    on_frame: Callable[[int, int | None], None] | None = None,
+) -> VideoRestored:
     """Restore every frame of `source` with `restore` (float32 HxWx3 in [0, 1] -> `Restored`) into `output`.
+
+    `on_frame(frames done, frames in the clip or None when the container does not say)` follows
+    each restored frame.
 
     Finished segments of an earlier, interrupted run with the same options are kept. A problem with
     the input raises a DinatError naming it; then the work folder is removed (nothing partial stays).
@@ -99,7 +108,7 @@ def restore_video(source: Path, output: Path, restore: FrameRestorer, options: V
     try:
         probe = _probe(source)
         _prepare_work_folder(work, source, options)
-        stats = _restore_segments(source, work, restore, options, probe)
+        stats = _restore_segments(source, work, restore, options, probe, on_frame)
         _mux(source, work, output, probe)
     except StorageError:
         raise
@@ -181,7 +190,12 @@ def _segment_path(work: Path, index: int) -> Path:
 
 
 def _restore_segments(
-    source: Path, work: Path, restore: FrameRestorer, options: VideoOptions, probe: _Probe
+    source: Path,
+    work: Path,
+    restore: FrameRestorer,
+    options: VideoOptions,
+    probe: _Probe,
+    on_frame: Callable[[int, int | None], None] | None,
 ) -> VideoRestored:
     import av
 
@@ -192,6 +206,7 @@ def _restore_segments(
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         segment: _SegmentWriter | None = None
+        total = stream.frames or None
         for frame in container.decode(stream):
             index = frames // options.segment_frames
             frames += 1
@@ -209,6 +224,8 @@ def _restore_segments(
             tile, precision = result.tile, result.precision
             restored += 1
             segment.write(_quantise(result.pixels, probe.deep), frame)
+            if on_frame is not None:
+                on_frame(frames, total)
         if segment is not None:
             segment.finish()
     if frames == 0:

@@ -155,8 +155,10 @@ def test_a_clip_keeps_its_size_frames_timestamps_and_audio_and_frames_are_restor
         OPTIONS,
         video=video.VideoOptions(crf=12, segment_frames=5),
     )
-    run = restore_files(request)
+    progress = []
+    run = restore_files(request, on_frames=lambda *frames: progress.append(frames))
 
+    assert progress == [("clip.mp4", done, 12) for done in range(1, 13)]  # what a terminal's bar shows
     assert run.result.exit_code == 0
     row = run.document["files"][0]
     assert (row["name"], row["status"], row["frames"], row["restored_frames"]) == ("clip.mp4", "done", 12, 12)
@@ -313,3 +315,20 @@ def test_bad_videos_fail_with_one_line_each_and_the_batch_goes_on(tmp_path: Path
     row = restore_files(unsupported).document["files"][0]
     assert row["status"] == "failed" and row["error"].startswith("--video-codec no-such-codec: not an encoder")
     assert sorted(path.name for path in out.iterdir() if path.name != ".dinat.lock") == ["good.mp4"]  # nothing partial
+
+
+def test_a_terminal_shows_a_bar_per_clip_while_it_is_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dinat_cli.cli.progress import RunDisplay
+    from dinat_cli.results import FileResult
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    with RunDisplay() as display:
+        display.start(2, None)
+        for done in range(1, 4):
+            display.frames_done("clip.mp4", done, 12)
+        bars = {task.description: task for task in display._progress.tasks}
+        assert (bars["clip.mp4"].completed, bars["clip.mp4"].total) == (3, 12)
+        assert bars["clip.mp4"].fields["pace"].endswith(" frames/s")
+        display.file_finished(FileResult("clip.mp4", "out/clip.mp4", "done", frames=12, restored_frames=12))
+        assert [task.description for task in display._progress.tasks] == ["clip.mp4"]  # the batch's bar, renamed
+        assert display._progress.tasks[0].completed == 1

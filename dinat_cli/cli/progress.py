@@ -1,4 +1,8 @@
-"""What a restore run shows: a rich progress bar on a terminal, one line per file otherwise."""
+"""What a restore run shows: a rich progress bar on a terminal, one line per file otherwise.
+
+On a terminal, each video being restored gets a bar of its own: frames, frames per second
+and the time left for the clip.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 if TYPE_CHECKING:
     from dinat_cli.results import BatchResult, FileResult
@@ -50,6 +54,8 @@ class RunDisplay:
         self.console = Console(stderr=True, highlight=False, soft_wrap=True)
         self.quiet = quiet
         self._progress: Progress | None = None
+        # The bar of each video in progress, by name.
+        self._clips: dict[str, TaskID] = {}
 
     def __enter__(self) -> RunDisplay:
         return self
@@ -68,16 +74,31 @@ class RunDisplay:
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeRemainingColumn(),
+                TextColumn("{task.fields[pace]}"),
                 console=self.console,
                 transient=True,
             )
-            self._task = self._progress.add_task("restoring", total=planned)
+            self._task = self._progress.add_task("restoring", total=planned, pace="")
             self._progress.start()
+
+    def frames_done(self, name: str, done: int, total: int | None) -> None:
+        """A video's progress: its bar shows the frames done, frames per second and the time left."""
+        if self._progress is None:
+            return
+        clip = self._clips.get(name)
+        if clip is None:
+            clip = self._clips[name] = self._progress.add_task(name, total=total, pace="")
+        self._progress.update(clip, completed=done)
+        speed = self._progress.tasks[self._progress.task_ids.index(clip)].speed
+        if speed:
+            self._progress.update(clip, pace=f"{speed:.2f} frames/s")
 
     def file_finished(self, result: FileResult) -> None:
         if result.status == "failed" or (not self.quiet and self._progress is None):
             self.console.print(describe(result), markup=False)
         if self._progress is not None:
+            if (clip := self._clips.pop(result.name, None)) is not None:
+                self._progress.remove_task(clip)
             self._progress.update(self._task, advance=1, description=result.name)
 
     def summary(self, batch: BatchResult) -> None:

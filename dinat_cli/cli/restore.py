@@ -240,7 +240,9 @@ def restore(
 
         configure_process()  # this process runs the network: it gets dinat's settings
     with _terminate_as_interrupt(), RunDisplay(quiet=quiet) as display:
-        run = pipeline.restore_files(request, on_start=display.start, on_result=display.file_finished)
+        run = pipeline.restore_files(
+            request, on_start=display.start, on_result=display.file_finished, on_frames=display.frames_done
+        )
         display.summary(run.result)
     if json_output:
         sys.stdout.write(reports.dumps_json(run.document) + "\n")

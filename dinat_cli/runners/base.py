@@ -9,6 +9,7 @@ run leaves finished files and nothing half written.
 from __future__ import annotations
 
 import abc
+import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -33,6 +34,8 @@ FILES_IN_FLIGHT = 3
 
 RestoreFn = Callable[[np.ndarray], "Restored"]
 Record = Callable[[int, FileResult], None]
+# (file name, frames done, frames in the clip or None): a video's progress, frame by frame.
+OnFrames = Callable[[str, int, "int | None"], None]
 
 
 class Runner(abc.ABC):
@@ -54,8 +57,12 @@ class Runner(abc.ABC):
         overwrite: bool = False,
         scoring: evaluation.Scoring | None = None,
         on_result: Callable[[FileResult], None] | None = None,
+        on_frames: OnFrames | None = None,
     ) -> BatchResult:
         """Restore every job; an output that exists is skipped unless `overwrite`.
+
+        `on_frames` follows the frames of videos restored in this process (Ray runs report
+        each file when it is done).
 
         With `scoring`, each output is scored against its job's `reference`. `on_result` sees
         each file's result when it is known; the returned results list the skipped files
@@ -83,14 +90,16 @@ class Runner(abc.ABC):
 
         interrupted, stopped = False, None
         try:
-            stopped = self._restore(todo, scoring, record)
+            stopped = self._restore(todo, scoring, record, on_frames)
         except KeyboardInterrupt:
             interrupted = True
         results = skipped + [finished[index] for index in sorted(finished)]
         return BatchResult(results, time.perf_counter() - started, len(jobs), interrupted, stopped)
 
     @abc.abstractmethod
-    def _restore(self, jobs: Sequence[Job], scoring: evaluation.Scoring | None, record: Record) -> str | None:
+    def _restore(
+        self, jobs: Sequence[Job], scoring: evaluation.Scoring | None, record: Record, on_frames: OnFrames | None
+    ) -> str | None:
         """Restore `jobs`, calling `record(index in jobs, result)` for each file as it is known.
 
         Returns why the run stopped before its end (the output's file system took no more
@@ -98,7 +107,9 @@ class Runner(abc.ABC):
         """
 
 
-def restore_file(job: Job, restore: RestoreFn, scoring: evaluation.Scoring | None = None) -> FileResult:
+def restore_file(
+    job: Job, restore: RestoreFn, scoring: evaluation.Scoring | None = None, on_frames: OnFrames | None = None
+) -> FileResult:
     """One file's whole work, locally or on a Ray worker: read, restore, write atomically, score.
 
     A problem with the file is a failed result, never an exception; a StorageError (the output's
@@ -106,7 +117,7 @@ def restore_file(job: Job, restore: RestoreFn, scoring: evaluation.Scoring | Non
     file's reading, model time and writing, not the time it waited for the model.
     """
     if job.video is not None:
-        return _restore_video_file(job, restore, scoring)
+        return _restore_video_file(job, restore, scoring, on_frames)
     begin = time.perf_counter()
     try:
         template, pixels = _load(job)
@@ -148,13 +159,16 @@ def restore_file(job: Job, restore: RestoreFn, scoring: evaluation.Scoring | Non
     )
 
 
-def _restore_video_file(job: Job, restore: RestoreFn, scoring: evaluation.Scoring | None) -> FileResult:
+def _restore_video_file(
+    job: Job, restore: RestoreFn, scoring: evaluation.Scoring | None, on_frames: OnFrames | None
+) -> FileResult:
     """A video job: its frames restored one by one into a video, in resumable segments."""
     from dinat_cli import video  # PyAV: only runs that restore videos load it
 
     begin = time.perf_counter()
     try:
-        done = video.restore_video(job.sources[0], job.output, restore, job.video)
+        follow = None if on_frames is None else functools.partial(on_frames, job.name)
+        done = video.restore_video(job.sources[0], job.output, restore, job.video, follow)
     except StorageError:
         raise
     except Exception as error:

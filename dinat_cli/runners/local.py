@@ -22,7 +22,7 @@ import numpy as np
 from dinat_cli import evaluation
 from dinat_cli.errors import StorageError
 from dinat_cli.results import FileResult
-from dinat_cli.runners.base import FILES_IN_FLIGHT, Record, RestoreFn, Runner, restore_file
+from dinat_cli.runners.base import FILES_IN_FLIGHT, OnFrames, Record, RestoreFn, Runner, restore_file
 
 if TYPE_CHECKING:
     from dinat_cli.engine import Restored, Restorer
@@ -46,7 +46,9 @@ class LocalRunner(Runner):
 
         yield cls(Restorer.load(source, options))
 
-    def _restore(self, jobs: Sequence[Job], scoring: evaluation.Scoring | None, record: Record) -> str | None:
+    def _restore(
+        self, jobs: Sequence[Job], scoring: evaluation.Scoring | None, record: Record, on_frames: OnFrames | None
+    ) -> str | None:
         """The first file that cannot be written for lack of space (or a read-only file system) stops the batch."""
         remaining = iter(enumerate(jobs))
         model = _MainThreadModel(self._restorer.restore)
@@ -56,7 +58,7 @@ class LocalRunner(Runner):
             while True:
                 while len(pending) < FILES_IN_FLIGHT and (item := next(remaining, None)) is not None:
                     index, job = item
-                    pending.append((index, job, helpers.submit(model.in_turn, index, job, scoring)))
+                    pending.append((index, job, helpers.submit(model.in_turn, index, job, scoring, on_frames)))
                 if not pending:
                     return None
                 index, job, future = pending[0]
@@ -110,11 +112,13 @@ class _MainThreadModel:
         self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()
         self._stopped = False
 
-    def in_turn(self, turn: int, job: Job, scoring: evaluation.Scoring | None) -> FileResult:
+    def in_turn(
+        self, turn: int, job: Job, scoring: evaluation.Scoring | None, on_frames: OnFrames | None = None
+    ) -> FileResult:
         """Called on a helper thread: `restore_file` for `job`, the model serving it in `turn`."""
         # A video asks for the model once a frame, all in its turn: the turn passes when its file is done.
         try:
-            return restore_file(job, functools.partial(self._restore, turn, job.video is None), scoring)
+            return restore_file(job, functools.partial(self._restore, turn, job.video is None), scoring, on_frames)
         finally:
             with self._guard:
                 if turn >= self._turn:

@@ -33,7 +33,7 @@ from dinat_cli import evaluation
 from dinat_cli.errors import DinatError, StorageError, UsageError
 from dinat_cli.output_folder import remove_temporaries_of
 from dinat_cli.results import FileResult
-from dinat_cli.runners.base import FILES_IN_FLIGHT, Record, Runner, restore_file
+from dinat_cli.runners.base import FILES_IN_FLIGHT, OnFrames, Record, Runner, restore_file
 
 if TYPE_CHECKING:
     from dinat_cli.engine import EngineDescription, Restored, Restorer
@@ -218,8 +218,13 @@ class RayRunner(Runner):
                 ray.kill(slot.actor, no_restart=True)
             ray.shutdown()
 
-    def _restore(self, jobs: Sequence[Job], scoring: evaluation.Scoring | None, record: Record) -> str | None:
-        """Results come back in the order files finish, on whichever worker took them."""
+    def _restore(
+        self, jobs: Sequence[Job], scoring: evaluation.Scoring | None, record: Record, on_frames: OnFrames | None
+    ) -> str | None:
+        """Results come back in the order files finish, on whichever worker took them.
+
+        Workers report whole files: `on_frames` is not called for videos restored on Ray.
+        """
         tasks = deque(_Task(index, job) for index, job in enumerate(jobs))
         run = _Dispatch(self._ray, self._slots, tasks, scoring, record)
         try:
