@@ -222,8 +222,13 @@ def score_pairs(
 
 
 def _score_one(pair: Pair, scoring: Scoring) -> ImageScore:
+    from dinat_cli import video
     from dinat_cli.io import read_image  # lazily, as in pair_files; its DinatError names the file
 
+    if video.is_video(pair.gt) or video.is_video(pair.pred):
+        # A clip's scores are its frames' means.
+        frames = video.score_videos(pair.gt, pair.pred, lambda truth, frame: scoring.score(pair, truth, frame))
+        return ImageScore(pair.name, frames.mean, pair.gt, pair.pred)
     return ImageScore(pair.name, scoring.score(pair, read_image(pair.gt), read_image(pair.pred)), pair.gt, pair.pred)
 
 

@@ -39,6 +39,9 @@ class FileResult:
     # A video's frames, and those restored by this run (fewer when it resumed an interrupted one).
     frames: int | None = None
     restored_frames: int | None = None
+    # A video scored against its ground truth: `scores` are the means over frames, these the worst frame's.
+    worst_frame: int | None = None
+    worst_scores: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def of(cls, job: Job, status: Status, **fields: object) -> FileResult:
@@ -61,6 +64,9 @@ class FileResult:
         if self.frames is not None:
             row["frames"] = self.frames
             row["restored_frames"] = self.restored_frames
+        if self.worst_frame is not None:
+            row["worst_frame"] = self.worst_frame
+            row.update({f"worst_{name}": value for name, value in self.worst_scores.items()})
         if self.tile:
             row["tile"] = self.tile
         if self.precision:

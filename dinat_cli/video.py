@@ -163,7 +163,7 @@ def _probe(source: Path) -> _Probe:
             height=context.height,
             deep=any(bits in format_name for bits in ("p10", "p12", "p16", "48")),
             time_base=stream.time_base,
-            rate=stream.average_rate,
+            rate=stream.guessed_rate or stream.average_rate,
             colour=colour,
         )
 
@@ -364,3 +364,56 @@ def _packet_time(packet: object) -> Fraction:
 def _reason(error: BaseException) -> str:
     text = getattr(error, "strerror", None) or str(error)
     return text.split(": '", 1)[0]
+
+
+@dataclass(frozen=True)
+class VideoScores:
+    """A restored clip against its ground truth: the mean over frames, and the worst frame (lowest PSNR)."""
+
+    mean: dict[str, float]
+    worst_frame: int
+    worst: dict[str, float]
+
+
+def score_videos(gt: Path, pred: Path, score: Callable[[object, object], dict[str, float]]) -> VideoScores:
+    """Score `pred` against `gt` frame by frame with `score(gt frame, pred frame)` (`DecodedImage`s).
+
+    Clips of another size, frame rate or frame count are refused with a DinatError naming both.
+    """
+    import av
+
+    from dinat_cli.evaluation import mean_scores
+    from dinat_cli.io import DecodedImage
+
+    gt_probe, pred_probe = _probe(gt), _probe(pred)
+    for what, left, right in (
+        ("size", f"{gt_probe.width}x{gt_probe.height}", f"{pred_probe.width}x{pred_probe.height}"),
+        ("frame rate", gt_probe.rate, pred_probe.rate),
+    ):
+        if left != right:
+            raise DinatError(f"{gt} vs {pred}: {what} mismatch ({left} vs {right})")
+    deep = gt_probe.deep or pred_probe.deep
+    scores: list[dict[str, float]] = []
+    try:
+        with av.open(str(gt)) as truth, av.open(str(pred)) as restored:
+            truths, predictions = _frames(truth, deep), _frames(restored, deep)
+            while (left := next(truths, None)) is not None and (right := next(predictions, None)) is not None:
+                scores.append(score(DecodedImage(left), DecodedImage(right)))
+            # Counted to the end only when one clip ended first.
+            counts = (
+                len(scores) + (left is not None) + sum(1 for _ in truths),
+                len(scores) + sum(1 for _ in predictions),
+            )
+    except av.FFmpegError as error:
+        raise DinatError(f"{gt} vs {pred}: cannot decode ({_reason(error)})") from None
+    if counts[0] != counts[1]:
+        raise DinatError(f"{gt} vs {pred}: frame count mismatch ({counts[0]} vs {counts[1]})")
+    if not scores:
+        raise DinatError(f"{gt} vs {pred}: no frames")
+    worst = min(range(len(scores)), key=lambda index: scores[index].get("psnr", 0.0))
+    return VideoScores(mean_scores(scores), worst, scores[worst])
+
+
+def _frames(container: object, deep: bool) -> Iterator[np.ndarray]:
+    for frame in container.decode(container.streams.video[0]):
+        yield frame.to_ndarray(format="rgb48le" if deep else "rgb24")

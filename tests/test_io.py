@@ -499,7 +499,7 @@ def photo_tree(tmp_path: Path) -> Path:
     for name in ["b.png", "a.JPG", "sub/c.tif", "sub/deeper/d.webp", "sub/e.bmp", "f.jpeg"]:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(b"x")
-    for name in ["notes.txt", "raw.cr2", "sub/clip.mp4", ".hidden.png", ".a.png.tmp-1234", ".cache/g.png"]:
+    for name in ["notes.txt", "raw.cr2", "sub/clip.flv", ".hidden.png", ".a.png.tmp-1234", ".cache/g.png"]:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(b"x")
     return root
@@ -564,8 +564,8 @@ def test_symlinked_sub_folders_are_followed_once_and_loops_end(photo_tree: Path,
     ("make_input", "message"),
     [
         (lambda root: root / "missing", "no such file or folder"),
-        (lambda root: f"{root}/*.gif", "no images found"),
-        (lambda root: root / "empty", "no images found"),
+        (lambda root: f"{root}/*.gif", "no images or videos found"),
+        (lambda root: root / "empty", "no images or videos found"),
         (lambda root: root / "notes.txt", "not an image or video file"),
     ],
 )

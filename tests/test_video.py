@@ -332,3 +332,40 @@ def test_a_terminal_shows_a_bar_per_clip_while_it_is_restored(monkeypatch: pytes
         display.file_finished(FileResult("clip.mp4", "out/clip.mp4", "done", frames=12, restored_frames=12))
         assert [task.description for task in display._progress.tasks] == ["clip.mp4"]  # the batch's bar, renamed
         assert display._progress.tasks[0].completed == 1
+
+
+def test_gt_scores_a_clip_frame_by_frame_with_the_mean_and_the_worst_frame(tmp_path: Path, checkpoint: Path) -> None:
+    from dinat_cli import evaluation, metrics
+
+    source, gt, out = tmp_path / "in", tmp_path / "gt", tmp_path / "out"
+    source.mkdir()
+    gt.mkdir()
+    make_clip(source / "clip.mp4")
+    make_clip(source / "short.mp4")
+    make_clip(source / "small.mp4")
+    make_clip(gt / "clip.mkv", codec="ffv1", frames=12, audio=False)
+    make_clip(gt / "short.mp4", frames=10)
+    make_clip(gt / "small.mp4", size=(32, 24))
+    options = video.VideoOptions("ffv1")
+    request = RestoreRequest("denoise", source, out, ModelSource(checkpoint), OPTIONS, gt=gt, ext="mkv", video=options)
+    rows = {row["name"]: row for row in restore_files(request).document["files"]}
+
+    truth, restored = decoded(gt / "clip.mkv")[0], decoded(out / "clip.mkv")[0]
+    frames = [metrics.score_pair(a, b, "dinat", 8, False, 0) for a, b in zip(truth, restored, strict=True)]
+    worst = int(np.argmin([frame["psnr"] for frame in frames]))
+    row = rows["clip.mp4"]
+    assert row["psnr"] == pytest.approx(np.mean([frame["psnr"] for frame in frames]), rel=1e-9)
+    assert row["ssim"] == pytest.approx(np.mean([frame["ssim"] for frame in frames]), rel=1e-9)
+    assert (row["worst_frame"], row["worst_psnr"]) == (worst, pytest.approx(frames[worst]["psnr"], rel=1e-9))
+    assert row["input_psnr"] > 30  # the input against its own lossless copy
+    assert rows["short.mp4"]["error"] == (
+        f"not scored: {gt / 'short.mp4'} vs {out / 'short.mkv'}: frame count mismatch (10 vs 12)"
+    )
+    assert rows["small.mp4"]["error"] == (
+        f"not scored: {gt / 'small.mp4'} vs {out / 'small.mkv'}: size mismatch (32x24 vs 64x48)"
+    )
+    assert all(row["status"] == "done" for row in rows.values())
+
+    # dinat eval scores video pairs the same way: the mean over frames.
+    evaluated = evaluation.score_pairs([evaluation.Pair("clip", gt / "clip.mkv", out / "clip.mkv")])
+    assert evaluated.images[0].scores == pytest.approx({"psnr": row["psnr"], "ssim": row["ssim"]}, rel=1e-9)

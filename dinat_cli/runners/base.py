@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     # The engine imports torch: the driver of a Ray run does not need it.
     from dinat_cli.engine import EngineDescription, Restored
     from dinat_cli.planning import Job
+    from dinat_cli.video import VideoScores
 
 # Files in flight at once for one model: one being read, one in the model, one being written.
 # Three keep the model busy whenever reading and writing a file take less time than restoring
@@ -173,17 +174,36 @@ def _restore_video_file(
         raise
     except Exception as error:
         return FileResult.of(job, "failed", seconds=time.perf_counter() - begin, error=_describe(error))
-    note = "not scored: scoring videos against ground truth is not supported yet" if scoring is not None else None
+    note, scored, input_scores = None, None, {}
+    if scoring is not None:
+        if job.reference is None:
+            note = f"no ground truth for {job.name}"
+        else:
+            try:
+                scored = _score_video(evaluation.Pair(job.name, job.reference, job.output), scoring)
+                input_scores = _score_video(evaluation.Pair(job.name, job.reference, job.sources[0]), scoring).mean
+            except DinatError as error:
+                note = f"not scored: {error}"
     return FileResult.of(
         job,
         "done",
         seconds=time.perf_counter() - begin,
         error=note,
+        scores=scored.mean if scored is not None else {},
+        input_scores=input_scores,
+        worst_frame=scored.worst_frame if scored is not None else None,
+        worst_scores=scored.worst if scored is not None else {},
         tile=done.tile,
         precision=done.precision,
         frames=done.frames,
         restored_frames=done.restored_frames,
     )
+
+
+def _score_video(pair: evaluation.Pair, scoring: evaluation.Scoring) -> VideoScores:
+    from dinat_cli import video
+
+    return video.score_videos(pair.gt, pair.pred, lambda truth, frame: scoring.score(pair, truth, frame))
 
 
 def _load(job: Job) -> tuple[io.DecodedImage, np.ndarray]:
