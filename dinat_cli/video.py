@@ -25,11 +25,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dinat_cli import files
 from dinat_cli.errors import DinatError, StorageError
+
+if TYPE_CHECKING:
+    from dinat_cli.engine import Restored  # torch: only the caller of restore_video needs it
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi"})
 
@@ -39,7 +43,7 @@ _ENCODERS = {
     "hevc": "libx265",
     "vp9": "libvpx-vp9",
     "vp8": "libvpx",
-    "av1": "libaom-av1",
+    "av1": "libsvtav1",
     "mpeg4": "mpeg4",
     "mjpeg": "mjpeg",
     "ffv1": "ffv1",
@@ -73,7 +77,7 @@ class VideoRestored:
     precision: str | None
 
 
-FrameRestorer = Callable[[np.ndarray], "object"]
+FrameRestorer = Callable[[np.ndarray], "Restored"]
 
 
 def is_video(path: Path) -> bool:
