@@ -125,7 +125,7 @@ class RunDisplay:
 
 def _frames_text(result: FileResult) -> str:
     """A video's frames and the pace of this run's share of them."""
-    text = f"{result.frames} frames"
+    text = f"{result.frames} frame{'s' if result.frames != 1 else ''}"
     if result.restored_frames and result.seconds:
         text += f", {result.restored_frames / result.seconds:.2f} frames/s"
     if result.restored_frames != result.frames:

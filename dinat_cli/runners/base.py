@@ -62,11 +62,9 @@ class Runner(abc.ABC):
     ) -> BatchResult:
         """Restore every job; an output that exists is skipped unless `overwrite`.
 
-        `on_frames` follows the frames of videos restored in this process (Ray runs report
-        each file when it is done).
-
         With `scoring`, each output is scored against its job's `reference`. `on_result` sees
-        each file's result when it is known; the returned results list the skipped files
+        each file's result when it is known; `on_frames` each frame of a video restored in
+        this process (Ray workers report whole files). The returned results list the skipped files
         first, then the others in the jobs' order. Ctrl-C, and an output file system that
         takes no more writes, end the run early: the result says so and counts the files
         that were not started.
