@@ -137,6 +137,8 @@ class _Probe:
     time_base: Fraction
     rate: Fraction | None
     colour: dict[str, int]
+    # Degrees the player turns the frames (the display matrix): the pixels are restored as stored.
+    rotation: float
 
 
 def _probe(source: Path) -> _Probe:
@@ -161,6 +163,7 @@ def _probe(source: Path) -> _Probe:
             for name in ("color_primaries", "color_trc", "colorspace", "color_range")
             if getattr(context, name, None) is not None
         }
+        first = next(container.decode(stream), None)
         return _Probe(
             codec=context.name,
             width=context.width,
@@ -169,6 +172,7 @@ def _probe(source: Path) -> _Probe:
             time_base=stream.time_base,
             rate=stream.guessed_rate or stream.average_rate,
             colour=colour,
+            rotation=first.rotation if first is not None else 0.0,
         )
 
 
@@ -320,6 +324,8 @@ def _mux(source: Path, work: Path, output: Path, probe: _Probe) -> None:
             others = [stream for stream in inputs.streams if stream.type in ("audio", "subtitle")]
             with av.open(str(temp), "w", format=_container_format(output)) as target:
                 video = target.add_stream_from_template(first.streams.video[0])
+                if probe.rotation:
+                    video.set_display_rotation(probe.rotation)
                 copies = {}
                 for stream in others:
                     try:

@@ -48,6 +48,7 @@ def make_clip(
     pix_fmt: str = "yuv420p",
     audio: bool = True,
     size: tuple[int, int] = (64, 48),
+    rotation: float = 0,
 ) -> Path:
     """A clip of smooth moving gradients (so that a lossy codec keeps them well), VFR, with a sine tone."""
     width, height = size
@@ -56,6 +57,8 @@ def make_clip(
         stream = container.add_stream(codec, rate=24)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         stream.time_base = TIME_BASE
+        if rotation:
+            stream.set_display_rotation(rotation)
         sound = container.add_stream("aac", rate=8000) if audio else None
         y, x = np.mgrid[0:height, 0:width].astype(np.float32)
         pts = 0
@@ -87,8 +90,9 @@ def decoded(path: Path, pixel_format: str = "rgb24") -> tuple[list[np.ndarray], 
     """Frames, their times in seconds and the video stream's facts."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        frames, times = [], []
+        frames, times, rotations = [], [], []
         for frame in container.decode(stream):
+            rotations.append(frame.rotation)
             frames.append(frame.to_ndarray(format=pixel_format))
             times.append(float(frame.pts * frame.time_base))
         facts = {
@@ -97,6 +101,7 @@ def decoded(path: Path, pixel_format: str = "rgb24") -> tuple[list[np.ndarray], 
             "pix_fmt": stream.codec_context.pix_fmt,
             "streams": [item.type for item in container.streams],
             "rate": stream.guessed_rate,
+            "rotations": set(rotations),
         }
     return frames, times, facts
 
@@ -145,7 +150,7 @@ def test_a_clip_keeps_its_size_frames_timestamps_and_audio_and_frames_are_restor
     tmp_path: Path, checkpoint: Path, restorer: Restorer
 ) -> None:
     (tmp_path / "in").mkdir()
-    clip = make_clip(tmp_path / "in" / "clip.mp4")
+    clip = make_clip(tmp_path / "in" / "clip.mp4", rotation=90)  # a phone held upright
     out = tmp_path / "out"
     request = RestoreRequest(
         "denoise",
@@ -164,11 +169,8 @@ def test_a_clip_keeps_its_size_frames_timestamps_and_audio_and_frames_are_restor
     assert (row["name"], row["status"], row["frames"], row["restored_frames"]) == ("clip.mp4", "done", 12, 12)
     frames_in, times_in, facts_in = decoded(clip)
     frames_out, times_out, facts_out = decoded(out / "clip.mp4")
-    assert (
-        facts_out
-        == facts_in
-        == {"codec": "h264", "size": (64, 48), "pix_fmt": "yuv420p", "streams": ["video", "audio"], "rate": 24}
-    )
+    expected = {"codec": "h264", "size": (64, 48), "pix_fmt": "yuv420p", "streams": ["video", "audio"], "rate": 24}
+    assert facts_out == facts_in == {**expected, "rotations": {90}}  # rotation metadata kept
     assert len(frames_out) == 12
     # The same presentation times, variable frame rate included (the mp4 time base may differ: 1 tick).
     assert np.allclose(times_out, times_in, atol=1 / 12800) and set(np.diff(times_in).round(2)) == {0.04, 0.08}
