@@ -101,6 +101,7 @@ def decoded(path: Path, pixel_format: str = "rgb24") -> tuple[list[np.ndarray], 
             "pix_fmt": stream.codec_context.pix_fmt,
             "streams": [item.type for item in container.streams],
             "rate": stream.guessed_rate,
+            "average_rate": round(float(stream.average_rate or 0), 2),
             "rotations": set(rotations),
         }
     return frames, times, facts
@@ -170,6 +171,7 @@ def test_a_clip_keeps_its_size_frames_timestamps_and_audio_and_frames_are_restor
     frames_in, times_in, facts_in = decoded(clip)
     frames_out, times_out, facts_out = decoded(out / "clip.mp4")
     expected = {"codec": "h264", "size": (64, 48), "pix_fmt": "yuv420p", "streams": ["video", "audio"], "rate": 24}
+    expected["average_rate"] = 18.0  # 12 frames in 2/3 s: the last frame keeps its duration
     assert facts_out == facts_in == {**expected, "rotations": {90}}  # rotation metadata kept
     assert len(frames_out) == 12
     # The same presentation times, variable frame rate included (the mp4 time base may differ: 1 tick).
