@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,13 +97,15 @@ def restore_files(
     scoring = TASK_SCORING.get(request.task)
     if scoring is None:
         raise UsageError(f"unknown task {request.task!r}: expected one of {', '.join(TASK_SCORING)}")
+    # Hashed when the weights were selected: read from the checksum cache.
+    weights_sha256 = checksums.checksum(request.model.weights)
     jobs = plan_jobs(
         str(request.input),
         request.output,
         ext=request.ext,
         suffix=request.suffix,
         dual_pixel=request.dual_pixel,
-        video=request.video,
+        video=_video_options(request, weights_sha256),
     )
     if request.shard is not None:
         jobs = request.shard.select(jobs)
@@ -128,8 +131,7 @@ def restore_files(
         "task": request.task,
         "command": request.command,
         "weights": str(request.model.weights),
-        # Hashed when the weights were selected: read from the checksum cache.
-        "weights_sha256": checksums.checksum(request.model.weights),
+        "weights_sha256": weights_sha256,
         "model": request.model_name,
         "device": runner.engine.device,
         "precision": runner.engine.precision,
@@ -141,6 +143,18 @@ def restore_files(
     if request.report is not None:
         reports.write_report(request.report, document, rows_key="files", summary_key="summary")
     return RestoreRun(result, document)
+
+
+def _video_options(request: RestoreRequest, weights_sha256: str) -> VideoOptions:
+    """The request's video options, naming what restores the frames: segments of a run with other
+    weights or other model or engine options are not resumed."""
+    identity = {
+        "weights_sha256": weights_sha256,
+        "variant": request.model.variant,
+        "tlc": request.model.tlc,
+        "engine": dataclasses.asdict(request.options),
+    }
+    return dataclasses.replace(request.video, restored_with=json.dumps(identity, sort_keys=True))
 
 
 def _start(request: RestoreRequest, jobs: Sequence[Job]) -> contextlib.AbstractContextManager[Runner]:

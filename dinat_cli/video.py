@@ -58,12 +58,15 @@ WORK_MARKER = ".dinat-video"
 class VideoOptions:
     """How videos are written: `codec` None keeps the input's; `crf` None takes the encoder's default quality.
 
-    `segment_frames` frames make a segment, the work an interrupted run can lose.
+    `segment_frames` frames make a segment, the work an interrupted run can lose. `restored_with`
+    names what restores the frames (the weights' checksum, the model's and the engine's options):
+    a rerun keeps an earlier run's segments only where it is the same.
     """
 
     codec: str | None = None
     crf: int | None = None
     segment_frames: int = 120
+    restored_with: str = ""
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 import signal
 import subprocess
@@ -18,7 +20,7 @@ import pytest
 from installed import DINAT
 from small_model import save_checkpoint
 
-from dinat_cli import video
+from dinat_cli import pipeline, video
 from dinat_cli.engine import Restorer
 from dinat_cli.io import read_image
 from dinat_cli.options import EngineOptions, ModelSource
@@ -373,3 +375,31 @@ def test_gt_scores_a_clip_frame_by_frame_with_the_mean_and_the_worst_frame(tmp_p
     # dinat eval scores video pairs the same way: the mean over frames.
     evaluated = evaluation.score_pairs([evaluation.Pair("clip", gt / "clip.mkv", out / "clip.mkv")])
     assert evaluated.images[0].scores == pytest.approx({"psnr": row["psnr"], "ssim": row["ssim"]}, rel=1e-9)
+
+
+def test_segments_of_other_weights_or_engine_options_are_not_resumed(tmp_path: Path, checkpoint: Path) -> None:
+    """A rerun with another model or engine setting would join frames restored two ways."""
+    source = tmp_path / "clip.mp4"
+    source.write_bytes(b"stands in for a clip: only its size and time are read")
+    work = video.work_folder(tmp_path / "out" / "clip.mp4")
+    segment = work / "segment-000000.nut"
+
+    def prepare(request: RestoreRequest) -> None:
+        options = pipeline._video_options(request, hashlib.sha256(request.model.weights.read_bytes()).hexdigest())
+        video._prepare_work_folder(work, source, options)
+
+    first = RestoreRequest("denoise", source, tmp_path / "out", ModelSource(checkpoint), EngineOptions(tile=0))
+    prepare(first)
+    segment.write_bytes(b"a finished segment")
+    prepare(first)
+    assert segment.exists()  # the same run again: resumed
+    other_weights = save_checkpoint(tmp_path / "other.pth", dim=16)
+    for changed in (
+        dataclasses.replace(first, options=EngineOptions(tile=512)),
+        dataclasses.replace(first, model=ModelSource(checkpoint, tlc=False)),
+        dataclasses.replace(first, model=ModelSource(other_weights)),
+    ):
+        prepare(first)
+        segment.write_bytes(b"a finished segment")
+        prepare(changed)
+        assert not segment.exists(), changed
