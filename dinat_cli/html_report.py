@@ -16,7 +16,6 @@ the CLI imports it only when a page is written.
 from __future__ import annotations
 
 import html
-import io as bytes_io
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -26,7 +25,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-from PIL import Image
 
 from dinat_cli import files, io, reports
 from dinat_cli.errors import DinatError
@@ -182,9 +180,7 @@ def _downscale(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def _write_webp(path: Path, pixels: np.ndarray) -> None:
-    buffer = bytes_io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, "WEBP", quality=WEBP_QUALITY)
-    files.write_atomically(path, buffer.getvalue())
+    io.write_image(io.DecodedImage(np.ascontiguousarray(pixels)), path, quality=WEBP_QUALITY)
 
 
 def _remove_stale_previews(folder: Path, previews: Sequence[Previews]) -> None:

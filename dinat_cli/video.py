@@ -210,6 +210,8 @@ def _restore_segments(
 ) -> VideoRestored:
     import av
 
+    from dinat_cli.io import DecodedImage  # a frame goes through the network as a photo does
+
     frames = restored = 0
     model_seconds = 0.0
     tile = precision = None
@@ -228,13 +230,12 @@ def _restore_segments(
                 segment = None
             if segment is None:
                 segment = _SegmentWriter(work, index, options, probe)
-            pixels = frame.to_ndarray(format="rgb48le" if probe.deep else "rgb24")
-            scale = 65535.0 if probe.deep else 255.0
-            result = restore(pixels.astype(np.float32) / scale)
+            image = DecodedImage(frame.to_ndarray(format="rgb48le" if probe.deep else "rgb24"))
+            result = restore(image.to_float())
             model_seconds += result.seconds
             tile, precision = result.tile, result.precision
             restored += 1
-            segment.write(_quantise(result.pixels, probe.deep), frame)
+            segment.write(image.with_float_pixels(result.pixels).pixels, frame)
             if on_frame is not None:
                 on_frame(frames, total)
         if segment is not None:
@@ -242,13 +243,6 @@ def _restore_segments(
     if frames == 0:
         raise DinatError(f"{source}: no frame could be decoded")
     return VideoRestored(frames, restored, model_seconds, tile, precision)
-
-
-def _quantise(pixels: np.ndarray, deep: bool) -> np.ndarray:
-    """The network's float output as the frame's integers: rounded as the image writers round."""
-    scale = 65535.0 if deep else 255.0
-    values = np.clip(pixels, 0.0, 1.0) * scale
-    return np.ascontiguousarray(np.rint(values).astype(np.uint16 if deep else np.uint8))
 
 
 class _SegmentWriter:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from code_running_pickle import CodeRunningPayload
 from small_model import random_small_model
 
 from dinat_cli.checkpoints import describe, infer_config, load, read_state_dict, save_model
@@ -221,18 +222,10 @@ def test_missing_file_is_reported(tmp_path: Path) -> None:
         load(tmp_path / "absent.pth")
 
 
-class _Payload:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (self.marker,))
-
-
 def test_pickle_that_would_run_code_is_refused_and_not_run(tmp_path: Path) -> None:
     marker = tmp_path / "code_ran"
     path = tmp_path / "evil.pth"
-    torch.save({"params": _random_model().state_dict(), "extra": _Payload(marker)}, path)
+    torch.save({"params": _random_model().state_dict(), "extra": CodeRunningPayload(marker)}, path)
     with pytest.raises(CheckpointError, match="evil.pth: refused, the file holds Python objects"):
         load(path)
     assert not marker.exists()
@@ -242,7 +235,7 @@ def test_pickle_that_would_run_code_is_refused_and_not_run(tmp_path: Path) -> No
 def test_a_raw_pickle_is_refused_as_code_carrying_and_not_run(tmp_path: Path, protocol: int) -> None:
     marker = tmp_path / "code_ran"
     path = tmp_path / "weights.pkl"
-    path.write_bytes(pickle.dumps(_Payload(marker), protocol=protocol))
+    path.write_bytes(pickle.dumps(CodeRunningPayload(marker), protocol=protocol))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # torch's own warnings must not reach the user either
         with pytest.raises(

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from code_running_pickle import CodeRunningPayload
 from installed import DINAT
 from PIL import Image
 from small_model import random_small_model, save_checkpoint
@@ -377,18 +378,10 @@ def test_a_full_disk_stops_the_run_with_one_line_and_the_summary(tmp_path: Path,
     assert sorted(path.name for path in out.iterdir()) == [".dinat.lock", "f00.png", "f01.png"]
 
 
-class _Payload:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (self.marker,))
-
-
 def test_a_raw_pickle_is_refused_in_one_line_and_never_run(tmp_path: Path) -> None:
     source = _clean_folder(tmp_path / "in", count=1)
     marker, weights = tmp_path / "code_ran", tmp_path / "weights.pkl"
-    weights.write_bytes(pickle.dumps(_Payload(marker)))
+    weights.write_bytes(pickle.dumps(CodeRunningPayload(marker)))
     result = run_cli("denoise", "--weights", weights, source, tmp_path / "out")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
