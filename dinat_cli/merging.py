@@ -4,7 +4,8 @@ The reports of N shards, or of a run and its reruns, become one document in whic
 file is counted once. Rows are matched by their output (for `dinat eval` reports: by
 name); a later row replaces an earlier one, except that a file once done stays done until
 a later run does it again: a rerun skips it, and a failed rewrite leaves the done output
-in place (outputs are written atomically). Torch-free, and no image library.
+in place (outputs are written atomically); and a clip some shard restored only in part does
+not hide another shard's failure on it. Torch-free, and no image library.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from dinat_cli.errors import UsageError
 
-_COUNTED = ("done", "skipped", "failed")
+_COUNTED = ("done", "partial", "skipped", "failed")
 _METRICS = ("psnr", "ssim", "mae")
 _HEADER = ("task", "command", "weights", "weights_sha256", "model", "device", "precision", "kernels")
 
@@ -54,7 +55,7 @@ def _merge_runs(documents: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     for document in documents:
         for row in document["files"]:
             earlier = rows.get(row["output"])
-            if earlier is None or row["status"] == "done" or earlier["status"] != "done":
+            if earlier is None or _replaces(row["status"], earlier["status"]):
                 rows[row["output"]] = row
     files = sorted(rows.values(), key=lambda row: row["name"])
     summaries = [document.get("summary") or {} for document in documents]
@@ -79,6 +80,14 @@ def _merge_runs(documents: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
     merged["files"] = files
     return merged
+
+
+def _replaces(later: str, earlier: str) -> bool:
+    """Whether a later row of a file replaces an earlier one. A file once done stays done; a clip
+    partly restored by one shard does not hide another shard's failure on it."""
+    if later == "done" or earlier == "partial":
+        return True
+    return earlier != "done" and later != "partial"
 
 
 def _merge_evaluations(documents: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

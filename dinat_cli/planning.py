@@ -6,14 +6,15 @@ that is an input, dual-pixel views without their partner) before any work starts
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from dinat_cli import io
-from dinat_cli.errors import UsageError
-from dinat_cli.video import VideoOptions, is_video
+from dinat_cli.errors import DinatError, UsageError
+from dinat_cli.video import VideoOptions, is_video, plan_segments
 
 # Values of the restore commands' --ext option; "keep" writes each output in its input's format.
 # An image format applies to images, a video container to videos: the other kind keeps its own.
@@ -36,7 +37,8 @@ class Job:
     """One output and the image(s) it is restored from: one view, or left and right.
 
     `reference` is the ground truth the output is scored against, when the run has one;
-    `video` how the output is encoded, when the source is a video (restored frame by frame).
+    `video` how the output is encoded, when the source is a video (restored frame by frame);
+    `segments` the video's segments (`video.plan_segments`) this job restores, None for all.
     """
 
     sources: tuple[Path, ...]
@@ -44,6 +46,7 @@ class Job:
     output: Path
     reference: Path | None = None
     video: VideoOptions | None = None
+    segments: tuple[int, ...] | None = None
 
     @property
     def name(self) -> str:
@@ -143,6 +146,17 @@ def _dual_pixel_folders(root: Path) -> tuple[Path, Path]:
     raise UsageError(f"{root}: not a folder with left/right view sub-folders ({expected})")
 
 
+def video_segments(job: Job) -> range | None:
+    """The segment indices of a video job's clip; None for a photo, or a clip that cannot be read
+    (the job that restores it whole reports why)."""
+    if job.video is None:
+        return None
+    try:
+        return range(len(plan_segments(job.sources[0], job.video.segment_frames)))
+    except DinatError:
+        return None
+
+
 def _video_of(source: Path, options: VideoOptions) -> VideoOptions | None:
     return options if is_video(source) else None
 
@@ -183,7 +197,8 @@ class Shard:
 
     A job belongs to the shard its relative path hashes to, so N runs that see the same
     input cover every file exactly once, whatever order each finds them in, and adding
-    files never moves the others to another shard.
+    files never moves the others to another shard. A video's segments are shared out the
+    same way, each by its clip's path and index: one long clip keeps every shard busy.
     """
 
     index: int
@@ -202,11 +217,25 @@ class Shard:
         return shard
 
     def owns(self, job: Job) -> bool:
-        digest = hashlib.sha1(job.relative.as_posix().encode("utf-8")).digest()
-        return int.from_bytes(digest[:8], "big") % self.count == self.index
+        return self._hashes_here(job.relative.as_posix())
 
     def select(self, jobs: Sequence[Job]) -> list[Job]:
-        return [job for job in jobs if self.owns(job)]
+        """This shard's jobs: its files, and the clips it restores segments of, with those segments."""
+        selected = []
+        for job in jobs:
+            segments = video_segments(job)
+            if segments is None:
+                if self.owns(job):
+                    selected.append(job)
+                continue
+            mine = tuple(index for index in segments if self._hashes_here(f"{job.relative.as_posix()}#{index}"))
+            if mine:
+                selected.append(dataclasses.replace(job, segments=mine))
+        return selected
+
+    def _hashes_here(self, key: str) -> bool:
+        digest = hashlib.sha1(key.encode("utf-8")).digest()
+        return int.from_bytes(digest[:8], "big") % self.count == self.index
 
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"

@@ -14,7 +14,13 @@ from dinat_cli.errors import StorageError
 if TYPE_CHECKING:
     from dinat_cli.planning import Job
 
-Status = Literal["done", "skipped", "failed"]
+# "partial": some segments of a clip restored, the others another shard's or worker's to restore.
+Status = Literal["done", "partial", "skipped", "failed"]
+
+
+def partial_note(name: str, segments: int) -> str:
+    """What a "partial" result says: the clip is written by whichever run restores its last segment."""
+    return f"restored {segments} segment(s) of {name}; the run that restores its last segment writes it"
 
 
 @dataclass
@@ -123,6 +129,7 @@ class BatchResult:
         return {
             "planned": self.planned,
             "done": done,
+            "partial": self.count("partial"),
             "skipped": self.count("skipped"),
             "failed": self.count("failed"),
             "not_started": self.not_started,

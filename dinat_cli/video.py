@@ -1,13 +1,16 @@
 """Video files -> restored video files, frame by frame, in segments that survive an interrupted run.
 
-PyAV decodes the clip and encodes the restored frames; no ffmpeg process is started. The restored
-video is written in segments of `VideoOptions.segment_frames` frames, each a small NUT file (NUT keeps
-any time base, so timestamps are exact) in a hidden work folder beside the output. A segment file
-appears under its final name only when complete, so a run killed at any point loses at most the
-segment in flight; a rerun finds the finished segments, decodes past their frames without restoring
-them, and goes on. When every segment is there, their packets are muxed with the input's audio and
-subtitle packets (copied, never re-encoded) into a temporary file renamed to the output, and the work
-folder is removed. Memory is flat in the clip's length: one segment's encoder and one frame at a time.
+PyAV decodes the clip and encodes the restored frames; no ffmpeg process is started. A clip is cut
+into segments of about `VideoOptions.segment_frames` frames (`plan_segments`), at a keyframe where
+one is near, each a range of presentation timestamps that is decoded from the keyframe before it.
+Each restored segment is a small NUT file (NUT keeps any time base, so timestamps are exact) in a
+hidden work folder beside the output, under its final name only when complete: a run killed at any
+point loses at most the segments in flight, and a rerun restores only the missing ones. Segments
+are independent units: shards (`--shard`) and Ray workers restore different segments of one clip
+into the same work folder, and whichever run finishes the last one joins them. Joining muxes their
+packets with the input's audio and subtitle packets (copied, never re-encoded) into a temporary
+file renamed to the output, bit-exactly (no muxer time stamps or random ids), so every way of
+running writes the same file; then the work folder is removed. Memory is flat in the clip's length.
 
 Frames keep their timestamps (pts copied, so variable frame rate stays), the clip its size, and the
 encoder the input's colour metadata. 8-bit input goes through the network as 8-bit frames, deeper input
@@ -16,13 +19,16 @@ encoder the input's colour metadata. 8-bit input goes through the network as 8-b
 
 from __future__ import annotations
 
+import bisect
+import fcntl
 import heapq
+import itertools
 import json
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Collection, Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,6 +58,7 @@ _ENCODERS = {
 LOSSLESS_CODECS = ("ffv1",)
 
 WORK_MARKER = ".dinat-video"
+_BITEXACT = {"fflags": "+bitexact"}
 
 
 @dataclass(frozen=True)
@@ -71,13 +78,33 @@ class VideoOptions:
 
 @dataclass(frozen=True)
 class VideoRestored:
-    """What restoring a clip did: frames restored now (not those of segments an earlier run finished)."""
+    """What restoring a clip did: frames restored now (not those of segments an earlier run finished).
+
+    `joined`: this call wrote the output. False when it restored only some segments and the others
+    are still missing (another shard's or worker's), or another run joined them first.
+    """
 
     frames: int
     restored_frames: int
     model_seconds: float
     tile: int | None
     precision: str | None
+    joined: bool = True
+
+
+@dataclass(frozen=True)
+class Segment:
+    """The frames `start <= pts < end` of a clip (stream time base; None: from the first, to the last).
+
+    `seek` is the decoding timestamp of the keyframe their decoding starts from (None: the clip's
+    start); `frames` how many frames the container holds in the range.
+    """
+
+    index: int
+    start: int | None
+    end: int | None
+    seek: int | None
+    frames: int
 
 
 FrameRestorer = Callable[[np.ndarray], "Restored"]
@@ -99,14 +126,17 @@ def restore_video(
     restore: FrameRestorer,
     options: VideoOptions,
     on_frame: Callable[[int, int | None], None] | None = None,
+    segments: Collection[int] | None = None,
 ) -> VideoRestored:
-    """Restore every frame of `source` with `restore` (float32 HxWx3 in [0, 1] -> `Restored`) into `output`.
+    """Restore the frames of `source` with `restore` (float32 HxWx3 in [0, 1] -> `Restored`) into `output`.
 
-    `on_frame(frames done, frames in the clip or None when the container does not say)` follows
+    `segments` are the indices (`plan_segments`) this call restores, None for all. When every
+    segment is there, the output is joined. `on_frame(frames done, frames to restore)` follows
     each restored frame.
 
     Finished segments of an earlier, interrupted run with the same options are kept. A problem with
-    the input raises a DinatError naming it; then the work folder is removed (nothing partial stays).
+    the input raises a DinatError naming it; a run of the whole clip then removes the work folder
+    (nothing partial stays), a run of some segments leaves the others' segments there.
     """
     import av
 
@@ -114,21 +144,79 @@ def restore_video(
     work = work_folder(output)
     try:
         probe = _probe(source)
+        plan = plan_segments(source, options.segment_frames)
         _prepare_work_folder(work, source, options)
-        stats = _restore_segments(source, work, restore, options, probe, on_frame)
-        _mux(source, work, output, probe)
+        mine = [segment for segment in plan if segments is None or segment.index in segments]
+        stats = _restore_segments(source, work, restore, options, probe, mine, on_frame)
+        joined = _join_when_complete(source, work, output, probe, plan)
     except StorageError:
         raise
     except (av.FFmpegError, ValueError, DinatError) as error:
-        shutil.rmtree(work, ignore_errors=True)
+        if segments is None:
+            shutil.rmtree(work, ignore_errors=True)
         if isinstance(error, DinatError):
             raise
         raise DinatError(f"{source}: cannot restore the video ({_reason(error)})") from error
     except OSError as error:
-        shutil.rmtree(work, ignore_errors=True)
+        if segments is None:
+            shutil.rmtree(work, ignore_errors=True)
         raise files.write_failure(output, error) from error
-    shutil.rmtree(work, ignore_errors=True)
-    return stats
+    return replace(stats, frames=sum(segment.frames for segment in plan), joined=joined)
+
+
+def plan_segments(source: Path, segment_frames: int) -> list[Segment]:
+    """How `source` is cut into segments of at least `segment_frames` frames, from its packets (no decoding).
+
+    A segment ends at the first keyframe from `segment_frames` to twice that many frames after its
+    start, or at `segment_frames` frames where there is none. A stream whose packets have no
+    presentation timestamps is one segment.
+    """
+    import av
+
+    with _open_video(source) as container:
+        stream = container.streams.video[0]
+        try:
+            packets = [(item.pts, item.dts, item.is_keyframe) for item in container.demux(stream) if item.size]
+        except av.FFmpegError as error:
+            raise DinatError(f"{source}: not a readable video ({_reason(error)})") from None
+    if not packets:
+        raise DinatError(f"{source}: no frame could be decoded")
+    return _cut(packets, segment_frames)
+
+
+def _cut(packets: Sequence[tuple[int | None, int | None, bool]], segment_frames: int) -> list[Segment]:
+    """Segments of packets (pts, dts, keyframe) in decoding order."""
+    if any(pts is None for pts, _, _ in packets):
+        return [Segment(0, None, None, None, len(packets))]
+    shown = sorted(range(len(packets)), key=lambda index: packets[index][0])  # decoding index by presentation
+    count = len(shown)
+    starts = [0]
+    while starts[-1] + segment_frames < count:
+        first = starts[-1] + segment_frames
+        keyframes = (at for at in range(first, min(first + segment_frames, count)) if packets[shown[at]][2])
+        starts.append(next(keyframes, first))
+    keyframes = [index for index, (_, _, key) in enumerate(packets) if key]
+    segments = []
+    for index, first in enumerate(starts):
+        last = starts[index + 1] if index + 1 < len(starts) else count
+        # Decoding starts at the last keyframe before the segment's first packet in decoding order
+        # that none of its frames is shown before (those would be an open GOP's leading frames,
+        # which need the keyframe before it).
+        earliest = min(shown[first:last])
+        candidates = keyframes[: bisect.bisect_right(keyframes, earliest)]
+        shown_first = packets[shown[first]][0]
+        key = next((key for key in reversed(candidates) if packets[key][0] <= shown_first), 0)
+        pts, dts, _ = packets[key]
+        segments.append(
+            Segment(
+                index=index,
+                start=packets[shown[first]][0] if index else None,
+                end=packets[shown[last]][0] if last < count else None,
+                seek=(dts if dts is not None else pts) if index and key else None,
+                frames=last - first,
+            )
+        )
+    return segments
 
 
 @dataclass(frozen=True)
@@ -145,15 +233,7 @@ class _Probe:
 
 
 def _probe(source: Path) -> _Probe:
-    import av
-
-    try:
-        container = av.open(str(source))
-    except av.FFmpegError as error:
-        raise DinatError(f"{source}: not a readable video ({_reason(error)})") from None
-    with container:
-        if not container.streams.video:
-            raise DinatError(f"{source}: no video stream")
+    with _open_video(source) as container:
         stream = container.streams.video[0]
         context = stream.codec_context
         if context is None or stream.codec_context.name is None:
@@ -179,20 +259,38 @@ def _probe(source: Path) -> _Probe:
         )
 
 
+def _open_video(source: Path) -> object:
+    """`source` opened for reading, with a video stream; a DinatError naming it otherwise."""
+    import av
+
+    try:
+        container = av.open(str(source))
+    except av.FFmpegError as error:
+        raise DinatError(f"{source}: not a readable video ({_reason(error)})") from None
+    if not container.streams.video:
+        container.close()
+        raise DinatError(f"{source}: no video stream")
+    return container
+
+
 def _prepare_work_folder(work: Path, source: Path, options: VideoOptions) -> None:
-    """Keep segments an earlier run wrote for the same input and options; start afresh otherwise."""
+    """Keep segments an earlier run wrote for the same input and options; start afresh otherwise.
+
+    Shards of one run may come here at once: a folder without settings yet is another's, just made.
+    """
     stat = source.stat()
     settings = {"options": asdict(options), "source_size": stat.st_size, "source_mtime_ns": stat.st_mtime_ns}
     manifest = work / "settings.json"
-    if work.is_dir():
-        try:
-            same = json.loads(manifest.read_text()) == settings
-        except (OSError, ValueError):
-            same = False
-        if not same:
-            shutil.rmtree(work)
-    if not work.is_dir():
-        work.mkdir(parents=True)
+    try:
+        same = json.loads(manifest.read_text()) == settings
+    except FileNotFoundError:
+        same = True
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    if not manifest.exists():
         files.write_atomically(manifest, json.dumps(settings).encode())
 
 
@@ -206,43 +304,54 @@ def _restore_segments(
     restore: FrameRestorer,
     options: VideoOptions,
     probe: _Probe,
+    segments: Sequence[Segment],
     on_frame: Callable[[int, int | None], None] | None,
 ) -> VideoRestored:
-    import av
-
     from dinat_cli.io import DecodedImage  # a frame goes through the network as a photo does
 
-    frames = restored = 0
+    todo = [segment for segment in segments if not _segment_path(work, segment.index).exists()]
+    total = sum(segment.frames for segment in todo)
+    restored = 0
     model_seconds = 0.0
     tile = precision = None
-    with av.open(str(source)) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        segment: _SegmentWriter | None = None
-        total = stream.frames or None
-        for frame in container.decode(stream):
-            index = frames // options.segment_frames
-            frames += 1
-            if _segment_path(work, index).exists():
-                continue  # an earlier run finished it
-            if segment is not None and segment.index != index:
-                segment.finish()
-                segment = None
-            if segment is None:
-                segment = _SegmentWriter(work, index, options, probe)
+    for segment in todo:
+        writer = _SegmentWriter(work, segment.index, options, probe)
+        for frame in _decode(source, segment):
             image = DecodedImage(frame.to_ndarray(format="rgb48le" if probe.deep else "rgb24"))
             result = restore(image.to_float())
             model_seconds += result.seconds
             tile, precision = result.tile, result.precision
             restored += 1
-            segment.write(image.with_float_pixels(result.pixels).pixels, frame)
+            writer.write(image.with_float_pixels(result.pixels).pixels, frame)
             if on_frame is not None:
-                on_frame(frames, total)
-        if segment is not None:
-            segment.finish()
-    if frames == 0:
-        raise DinatError(f"{source}: no frame could be decoded")
-    return VideoRestored(frames, restored, model_seconds, tile, precision)
+                on_frame(restored, total)
+        writer.finish()
+    return VideoRestored(0, restored, model_seconds, tile, precision)
+
+
+def _decode(source: Path, segment: Segment) -> Iterator[object]:
+    """The frames of `segment`, decoded from the keyframe before it."""
+    import av
+
+    seek = segment.seek
+    while True:
+        with av.open(str(source)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            if seek is not None:
+                container.seek(seek, stream=stream, backward=True)
+            frames = container.decode(stream)
+            first = next(frames, None)
+            if seek is not None and first is not None and first.pts is not None and first.pts > segment.start:
+                seek = None  # the demuxer landed past the segment's start: decode from the clip's start
+                continue
+            for frame in itertools.chain([first] if first is not None else [], frames):
+                if frame.pts is not None and segment.start is not None and frame.pts < segment.start:
+                    continue
+                if frame.pts is not None and segment.end is not None and frame.pts >= segment.end:
+                    return
+                yield frame
+            return
 
 
 class _SegmentWriter:
@@ -309,8 +418,32 @@ def _pixel_format(codec: object, deep: bool) -> str:
     return formats[0]
 
 
+def _join_when_complete(source: Path, work: Path, output: Path, probe: _Probe, plan: Sequence[Segment]) -> bool:
+    """Join the segments into `output` if all are there and no other run did; True if this call did.
+
+    The lock makes one of the runs that finish a clip's last segments at once join them; the
+    others find the work folder gone.
+    """
+    try:
+        lock = open(work / "join.lock", "a")  # noqa: SIM115 - held while joining
+    except FileNotFoundError:
+        return False  # another run joined the clip and removed the folder
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (work / "settings.json").exists():
+            return False
+        if not all(_segment_path(work, segment.index).exists() for segment in plan):
+            return False
+        _mux(source, work, output, probe)
+        shutil.rmtree(work, ignore_errors=True)
+    return True
+
+
 def _mux(source: Path, work: Path, output: Path, probe: _Probe) -> None:
-    """The segments' video packets and the input's other streams, copied into `output` atomically."""
+    """The segments' video packets and the input's other streams, copied into `output` atomically.
+
+    Bit-exact: the muxer writes no time of day and no random ids, so the file depends only on the packets.
+    """
     import av
 
     segments = sorted(work.glob("segment-*.nut"))
@@ -319,7 +452,7 @@ def _mux(source: Path, work: Path, output: Path, probe: _Probe) -> None:
     try:
         with av.open(str(source)) as inputs, av.open(segments[0].as_posix()) as first:
             others = [stream for stream in inputs.streams if stream.type in ("audio", "subtitle")]
-            with av.open(str(temp), "w", format=_container_format(output)) as target:
+            with av.open(str(temp), "w", format=_container_format(output), options=_BITEXACT) as target:
                 video = target.add_stream_from_template(first.streams.video[0])
                 if probe.rotation:
                     video.set_display_rotation(probe.rotation)

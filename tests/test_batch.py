@@ -102,6 +102,7 @@ def test_ctrl_c_counts_planned_done_skipped_failed_and_not_started(
     assert result.summary() | {"seconds": 0, "images_per_second": 0} == {
         "planned": 8,
         "done": 2,
+        "partial": 0,
         "skipped": 1,
         "failed": 1,
         "not_started": 4,

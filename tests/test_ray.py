@@ -20,6 +20,7 @@ import pytest
 import torch
 from installed import DINAT
 from small_model import save_checkpoint
+from test_video import make_clip
 
 from dinat_cli.errors import UsageError
 from dinat_cli.options import EngineOptions, ModelSource
@@ -158,23 +159,30 @@ def test_two_ray_workers_write_the_same_bytes_as_a_local_run(
     tmp_path: Path, checkpoint: Path, ray_installed: None
 ) -> None:
     source = _folder(tmp_path / "in", ["a.png", "b.png", "sub/c.png", "d.png"], size=(32, 40))
+    # A clip of four segments, keyframes every 4 frames, B-frames: both workers restore some of them.
+    make_clip(source / "clip.mp4", frames=16, encoder={"g": "4", "bf": "2"}, audio=False)
+    video = ("--video-codec", "ffv1", "--ext", "mkv", "--segment-frames", "4")
     # torch's float32 sums depend on how many threads split them: one thread, as each worker has.
     local = run(
-        *DINAT, "deblur", "--weights", checkpoint, source, tmp_path / "local", "-q", *EAGER,
+        *DINAT, "deblur", "--weights", checkpoint, source, tmp_path / "local", "-q", *EAGER, *video,
         cwd=tmp_path, env={"OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     assert local.returncode == 0, local.stderr
     ray = run(
         *DINAT, "deblur", "--weights", checkpoint, source, tmp_path / "ray", "--workers", "2", "--json",
-        *EAGER, cwd=tmp_path,
+        *EAGER, *video, cwd=tmp_path,
     )  # fmt: skip
     assert ray.returncode == 0, ray.stderr
-    assert _outputs(tmp_path / "ray") == _outputs(tmp_path / "local") and len(_outputs(tmp_path / "ray")) == 4
+    assert _outputs(tmp_path / "ray") == _outputs(tmp_path / "local") and len(_outputs(tmp_path / "ray")) == 5
 
     document = json.loads(ray.stdout)  # Ray printed nothing of its own on stdout
-    assert document["summary"]["done"] == 4 and document["summary"]["retried"] == 0
-    assert len({row["worker"] for row in document["files"]}) == 2  # both workers, each with its one model
-    assert [row["name"] for row in document["files"]] == ["a.png", "b.png", "d.png", "sub/c.png"]
+    assert document["summary"]["done"] == 5 and document["summary"]["retried"] == 0
+    photos = [row for row in document["files"] if row["name"] != "clip.mp4"]
+    assert len({row["worker"] for row in photos}) == 2  # both workers, each with its one model
+    assert [row["name"] for row in document["files"]] == ["a.png", "b.png", "clip.mp4", "d.png", "sub/c.png"]
+    clip = next(row for row in document["files"] if row["name"] == "clip.mp4")
+    assert (clip["frames"], clip["restored_frames"]) == (16, 16)
+    assert len(clip["worker"].split(", ")) == 2  # its segments went to both workers
     lines = ray.stderr.strip().splitlines()
     assert lines[0].startswith("ray: 2 worker(s) on 1 machine(s)")
     assert all(re.match(r"done |\d+ planned: ", line) for line in lines[1:]), ray.stderr

@@ -51,14 +51,19 @@ def make_clip(
     audio: bool = True,
     size: tuple[int, int] = (64, 48),
     rotation: float = 0,
+    encoder: dict[str, str] | None = None,
 ) -> Path:
-    """A clip of smooth moving gradients (so that a lossy codec keeps them well), VFR, with a sine tone."""
+    """A clip of smooth moving gradients (so that a lossy codec keeps them well), VFR, with a sine tone.
+
+    `encoder`: the encoder's options, e.g. x264's keyframe interval and B-frames.
+    """
     width, height = size
     deep = "10" in pix_fmt
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=24)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         stream.time_base = TIME_BASE
+        stream.options = encoder or {}
         if rotation:
             stream.set_display_rotation(rotation)
         sound = container.add_stream("aac", rate=8000) if audio else None
@@ -403,3 +408,67 @@ def test_segments_of_other_weights_or_engine_options_are_not_resumed(tmp_path: P
         segment.write_bytes(b"a finished segment")
         prepare(changed)
         assert not segment.exists(), changed
+
+
+def test_segments_start_at_a_keyframe_near_their_length_and_decode_from_the_keyframe_before() -> None:
+    def packets(count: int, keyframe_every: int) -> list[tuple[int, int, bool]]:
+        return [(pts, pts, pts % keyframe_every == 0) for pts in range(count)]
+
+    short_gops = video._cut(packets(12, 5), segment_frames=4)  # a keyframe within 4 to 8 frames: cut there
+    assert [(s.start, s.end, s.seek, s.frames) for s in short_gops] == [
+        (None, 5, None, 5),
+        (5, 10, 5, 5),
+        (10, None, 10, 2),
+    ]
+    one_gop = video._cut(packets(10, 100), segment_frames=4)  # none: cut at 4 frames, decode from the start
+    assert [(s.start, s.end, s.seek, s.frames) for s in one_gop] == [
+        (None, 4, None, 4),
+        (4, 8, None, 4),
+        (8, None, None, 2),
+    ]
+    # B-frames in an open GOP: decoding order I0 P3 B1 B2 I6 B4 B5 P9 B7 B8, where B4 and B5 (shown
+    # before I6, decoded after it) need P3: their segment is decoded from I0; the next ones from I6.
+    reordered = [(0, -2, True), (3, -1, False), (1, 0, False), (2, 1, False), (6, 2, True), (4, 3, False)]
+    reordered += [(5, 4, False), (9, 5, False), (7, 6, False), (8, 7, False)]
+    cut = video._cut(reordered, segment_frames=2)
+    assert [(s.start, s.end, s.seek, s.frames) for s in cut] == [
+        (None, 2, None, 2),
+        (2, 4, None, 2),
+        (4, 6, None, 2),
+        (6, 8, 2, 2),
+        (8, None, 2, 2),
+    ]
+    assert video._cut([(None, 0, True), (None, 1, False)], 1) == [video.Segment(0, None, None, None, 2)]
+
+
+def test_shards_restore_segments_of_one_clip_into_the_file_a_local_run_writes(
+    tmp_path: Path, checkpoint: Path, restorer: Restorer
+) -> None:
+    from dinat_cli import merging
+    from dinat_cli.planning import Shard
+
+    source = tmp_path / "in"
+    source.mkdir()
+    # Keyframes every 4 frames and B-frames: segments are decoded from keyframes, out of order.
+    clip = make_clip(source / "clip.mp4", frames=16, encoder={"g": "4", "bf": "2"})
+    options = video.VideoOptions("ffv1", segment_frames=3)
+    local = restore_files(_request(source, tmp_path / "local", checkpoint, options))
+    assert local.document["files"][0]["status"] == "done"
+
+    documents = []
+    for index in range(2):
+        request = dataclasses.replace(_request(source, tmp_path / "shards", checkpoint, options), shard=Shard(index, 2))
+        documents.append(restore_files(request).document)
+    rows = [document["files"][0] for document in documents]
+    # Each shard restored some of the segments; the second, finishing the clip, joined it.
+    assert [(row["name"], row["status"]) for row in rows] == [("clip.mp4", "partial"), ("clip.mp4", "done")]
+    assert 0 < rows[0]["restored_frames"] < 16 and rows[0]["restored_frames"] + rows[1]["restored_frames"] == 16
+    assert rows[0]["error"].startswith("restored ") and documents[0]["summary"]["partial"] == 1
+    assert (tmp_path / "shards" / "clip.mkv").read_bytes() == (tmp_path / "local" / "clip.mkv").read_bytes()
+    assert merging.merge(documents)["summary"]["done"] == 1
+    # Decoded from keyframes, the frames are those of the clip decoded from its start.
+    for got, expected in zip(
+        decoded(tmp_path / "shards" / "clip.mkv")[0], as_photos(restorer, decoded(clip)[0]), strict=True
+    ):
+        np.testing.assert_array_equal(got, expected)
+    assert not video.work_folder(tmp_path / "shards" / "clip.mkv").exists()

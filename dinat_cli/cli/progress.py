@@ -41,7 +41,8 @@ def describe(result: FileResult) -> str:
         details.append(_scores_text(result.scores))
     if result.error:
         details.append(result.error)
-    return f"done    {result.name} -> {result.output} ({', '.join(details)})"
+    state = "partial" if result.status == "partial" else "done   "
+    return f"{state} {result.name} -> {result.output} ({', '.join(details)})"
 
 
 class RunDisplay:
@@ -109,7 +110,9 @@ class RunDisplay:
             return
         done = batch.count("done")
         line = (
-            f"{batch.planned} planned: restored {done}, skipped {batch.count('skipped')}, "
+            f"{batch.planned} planned: restored {done}, "
+            + (f"partly restored {partial}, " if (partial := batch.count("partial")) else "")
+            + f"skipped {batch.count('skipped')}, "
             f"failed {batch.count('failed')}, not started {batch.not_started} in {batch.elapsed:.1f} s"
         )
         if done and batch.elapsed:

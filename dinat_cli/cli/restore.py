@@ -89,6 +89,16 @@ def _parameters(with_dual_pixel: bool) -> list[inspect.Parameter]:
             ),
         ),
         ("crf", int | None, _option(None, "--crf", help="Videos: the encoder's quality (x264/x265: lower is better).")),
+        (
+            "segment_frames",
+            int,
+            _option(
+                VideoOptions.segment_frames,
+                "--segment-frames",
+                min=1,
+                help="Videos: frames per resumable segment, the unit of work of shards and Ray workers.",
+            ),
+        ),
         ("gt", Path | None, _option(None, "--gt", help="Ground-truth folder: score each output and print the mean.")),
         (
             "report",
@@ -180,6 +190,7 @@ def restore(
     suffix: str,
     video_codec: str | None,
     crf: int | None,
+    segment_frames: int,
     gt: Path | None,
     report: Path | None,
     json_output: bool,
@@ -226,7 +237,7 @@ def restore(
         options=options,
         ext=ext,
         suffix=suffix,
-        video=VideoOptions(codec=video_codec, crf=crf),
+        video=VideoOptions(codec=video_codec, crf=crf, segment_frames=segment_frames),
         dual_pixel=dual_pixel,
         overwrite=overwrite,
         gt=gt,

@@ -18,7 +18,7 @@ import numpy as np
 
 from dinat_cli import evaluation, io
 from dinat_cli.errors import DinatError, StorageError
-from dinat_cli.results import BatchResult, FileResult
+from dinat_cli.results import BatchResult, FileResult, partial_note
 
 if TYPE_CHECKING:
     # The engine imports torch: the driver of a Ray run does not need it.
@@ -161,17 +161,32 @@ def restore_file(
 def _restore_video_file(
     job: Job, restore: RestoreFn, scoring: evaluation.Scoring | None, on_frames: OnFrames | None
 ) -> FileResult:
-    """A video job: its frames restored one by one into a video, in resumable segments."""
+    """A video job: its frames restored one by one into a video, in resumable segments.
+
+    A job of some of the clip's segments (a shard's, a Ray task's) is "partial" unless it was the
+    one to join them: the run that restores the last segment writes the video and scores it.
+    """
     from dinat_cli import video  # PyAV: only runs that restore videos load it
 
     begin = time.perf_counter()
     try:
         follow = None if on_frames is None else functools.partial(on_frames, job.name)
-        done = video.restore_video(job.sources[0], job.output, restore, job.video, follow)
+        done = video.restore_video(job.sources[0], job.output, restore, job.video, follow, job.segments)
     except StorageError:
         raise
     except Exception as error:
         return FileResult.of(job, "failed", seconds=time.perf_counter() - begin, error=_describe(error))
+    if not done.joined:
+        return FileResult.of(
+            job,
+            "partial",
+            seconds=time.perf_counter() - begin,
+            error=partial_note(job.name, len(job.segments or ())),
+            tile=done.tile,
+            precision=done.precision,
+            frames=done.frames,
+            restored_frames=done.restored_frames,
+        )
     note, scored, input_scores = None, None, {}
     if scoring is not None:
         if job.reference is None:

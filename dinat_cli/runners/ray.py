@@ -33,6 +33,7 @@ from dinat_cli import evaluation
 from dinat_cli.errors import DinatError, StorageError, UsageError
 from dinat_cli.output_folder import remove_temporaries_of
 from dinat_cli.results import FileResult
+from dinat_cli.runners import segments
 from dinat_cli.runners.base import FILES_IN_FLIGHT, OnFrames, Record, Runner, restore_file
 
 if TYPE_CHECKING:
@@ -223,10 +224,12 @@ class RayRunner(Runner):
     ) -> str | None:
         """Results come back in the order files finish, on whichever worker took them.
 
-        Workers report whole files: `on_frames` is not called for videos restored on Ray.
+        Workers report whole files and segments: `on_frames` is not called for videos restored on Ray.
         """
-        tasks = deque(_Task(index, job) for index, job in enumerate(jobs))
-        run = _Dispatch(self._ray, self._slots, tasks, scoring, record)
+        # A long clip's segments go to different workers; its result is recorded once all are back.
+        units, owners = segments.split(jobs)
+        tasks = deque(_Task(index, unit) for index, unit in enumerate(units))
+        run = _Dispatch(self._ray, self._slots, tasks, scoring, segments.Gather(jobs, owners, record).record)
         try:
             run.until_done()
             if run.stopped is not None:
