@@ -27,7 +27,7 @@ from PIL import ExifTags, Image, TiffTags, UnidentifiedImageError
 
 from dinat_cli import files
 from dinat_cli.errors import DinatError, UsageError
-from dinat_cli.video import VIDEO_EXTENSIONS
+from dinat_cli.video import VIDEO_EXTENSIONS, is_video
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp"})
 # What a restore run takes: images, and videos (restored frame by frame by dinat_cli.video).
@@ -369,15 +369,18 @@ def _exif_for_output(block: bytes | None) -> bytes | None:
 def collect_inputs(input: str | Path, *, exclude: Path | None = None) -> list[InputFile]:
     """Images and videos named by INPUT: a file, a folder (walked recursively) or a glob pattern, sorted.
 
-    Only INPUT_EXTENSIONS count; hidden files and folders (our temporary files among them) are
-    skipped, and so is everything under exclude (an output folder inside the input folder; an
-    output folder that is the input folder, or holds it, excludes nothing).
+    Files with INPUT_EXTENSIONS count, and videos by content under other names; hidden files and
+    folders (our temporary files among them) are skipped, and so is everything under exclude (an
+    output folder inside the input folder; an output folder that is the input folder, or holds
+    it, excludes nothing).
     """
     text = str(input)
     root = Path(text)
     if root.is_file():
-        if root.suffix.lower() not in INPUT_EXTENSIONS:
-            raise UsageError(f"{root}: not an image or video file; expected one of {_suffix_list()}")
+        if not _is_input(root):
+            raise UsageError(
+                f"{root}: not an image or video file; expected one of {_suffix_list()} (or a video by content)"
+            )
         return [InputFile(root, Path(root.name))]
     if root.is_dir():
         found = sorted(walk_images(root), key=lambda item: item.relative)
@@ -418,8 +421,8 @@ def walk_images(root: Path) -> Iterator[InputFile]:
             name for name in subfolders if not name.startswith(".") and _first_visit(Path(folder, name), inside, walked)
         ]
         for name in names:
-            if _is_visible_image(name):
-                path = Path(folder, name)
+            path = Path(folder, name)
+            if not name.startswith(".") and _is_input(path):
                 yield InputFile(path, path.relative_to(root))
 
 
@@ -443,7 +446,9 @@ def _glob_images(pattern: str) -> list[InputFile]:
     # glob skips hidden names unless a pattern spells the dot, so temporary files stay out
     matches = sorted({Path(p) for p in glob.glob(pattern, recursive=True)})
     return [
-        InputFile(path, path.relative_to(base)) for path in matches if path.is_file() and _is_visible_image(path.name)
+        InputFile(path, path.relative_to(base))
+        for path in matches
+        if path.is_file() and not path.name.startswith(".") and _is_input(path)
     ]
 
 
@@ -451,8 +456,9 @@ def _has_glob_magic(text: str) -> bool:
     return any(char in text for char in "*?[")
 
 
-def _is_visible_image(name: str) -> bool:
-    return not name.startswith(".") and Path(name).suffix.lower() in INPUT_EXTENSIONS
+def _is_input(path: Path) -> bool:
+    """An image or a video by its extension, or a video by its content (`video.is_video`)."""
+    return path.suffix.lower() in INPUT_EXTENSIONS or is_video(path)
 
 
 def _suffix_list() -> str:

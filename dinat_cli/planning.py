@@ -87,7 +87,9 @@ def plan_jobs(
         ]
     else:
         inputs = io.collect_inputs(input, exclude=output)
-        if Path(input).is_file() and output.suffix.lower() in io.INPUT_EXTENSIONS:
+        if Path(input).is_file() and (
+            output.suffix.lower() in io.INPUT_EXTENSIONS or output.suffix.lower() == Path(input).suffix.lower()
+        ):
             jobs = [Job((inputs[0].path,), inputs[0].relative, output, video=_video_of(inputs[0].path, video))]
         else:
             _refuse_a_file_as_folder(output)
@@ -100,7 +102,7 @@ def plan_jobs(
                 Job(
                     (item.path,),
                     item.relative,
-                    output_path(item.relative, output, ext, suffix),
+                    output_path(item.relative, output, ext, suffix, video=is_video(item.path)),
                     video=_video_of(item.path, video),
                 )
                 for item in inputs
@@ -111,12 +113,15 @@ def plan_jobs(
     return jobs
 
 
-def output_path(relative: Path, output_dir: Path, ext: str = "keep", suffix: str = "") -> Path:
-    """Where the output for an input at relative goes: same sub-folders, suffix added to the stem."""
+def output_path(relative: Path, output_dir: Path, ext: str = "keep", suffix: str = "", *, video: bool = False) -> Path:
+    """Where the output for an input at relative goes: same sub-folders, suffix added to the stem.
+
+    `video`: the input is a video, so that `ext` is taken only if it names a video container.
+    """
     if ext not in EXT_CHOICES:
         raise UsageError(f"--ext {ext}: expected one of {', '.join(EXT_CHOICES)}")
     relative = Path(relative)
-    of_its_kind = VIDEO_EXT_CHOICES if is_video(relative) else IMAGE_EXT_CHOICES
+    of_its_kind = VIDEO_EXT_CHOICES if video else IMAGE_EXT_CHOICES
     extension = f".{ext}" if ext in of_its_kind else relative.suffix
     return Path(output_dir) / relative.parent / f"{relative.stem}{suffix}{extension}"
 

@@ -42,6 +42,9 @@ if TYPE_CHECKING:
     from dinat_cli.engine import Restored  # torch: only the caller of restore_video needs it
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi"})
+# ISO media brands of still images (HEIF, AVIF): an `ftyp` box alone does not make a video.
+_IMAGE_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"})
+_TS_PACKET = 188
 
 # The input's codec -> the encoder that writes it again ("keep").
 _ENCODERS = {
@@ -111,7 +114,30 @@ FrameRestorer = Callable[[np.ndarray], "Restored"]
 
 
 def is_video(path: Path) -> bool:
-    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+    """A video by its extension, or, under any other name, by its content (`sniff_container`)."""
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS or sniff_container(path) is not None
+
+
+def sniff_container(path: Path) -> str | None:
+    """The FFmpeg muxer of the video container `path` holds, from its first bytes; None for anything else.
+
+    ISO media (mp4, mov, 3gp; not HEIF/AVIF images), Matroska/WebM, AVI and MPEG transport streams:
+    what cameras write under names of their own (GoPro's .LRV, a recorder's .MTS, no extension).
+    """
+    try:
+        with open(path, "rb") as file:
+            head = file.read(_TS_PACKET * 2 + 1)
+    except OSError:
+        return None
+    if head[4:8] == b"ftyp" and head[8:12] not in _IMAGE_BRANDS:
+        return "mov" if head[8:12] == b"qt  " else "mp4"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "matroska"
+    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
+        return "avi"
+    if len(head) > _TS_PACKET * 2 and head[0] == head[_TS_PACKET] == head[_TS_PACKET * 2] == 0x47:
+        return "mpegts"
+    return None
 
 
 def work_folder(output: Path) -> Path:
@@ -225,6 +251,8 @@ class _Probe:
     width: int
     height: int
     deep: bool
+    # The input's chroma sampling, "420", "422" or "444": lossy output keeps it where the encoder can.
+    chroma: str
     time_base: Fraction
     rate: Fraction | None
     colour: dict[str, int]
@@ -252,6 +280,7 @@ def _probe(source: Path) -> _Probe:
             width=context.width,
             height=context.height,
             deep=any(bits in format_name for bits in ("p10", "p12", "p16", "48")),
+            chroma=_chroma(format_name),
             time_base=stream.time_base,
             rate=stream.guessed_rate or stream.average_rate,
             colour=colour,
@@ -373,7 +402,7 @@ class _SegmentWriter:
             raise DinatError(f"--video-codec {codec}: not an encoder this PyAV has ({_reason(error)})") from None
         stream.width, stream.height = probe.width, probe.height
         stream.time_base = probe.time_base
-        stream.pix_fmt = _pixel_format(stream.codec_context.codec, probe.deep)
+        stream.pix_fmt = _pixel_format(stream.codec_context.codec, probe.deep, probe.chroma)
         context = stream.codec_context
         context.time_base = probe.time_base
         for name, value in probe.colour.items():
@@ -403,15 +432,23 @@ class _SegmentWriter:
         os.replace(self._temp, self._path)
 
 
-def _pixel_format(codec: object, deep: bool) -> str:
-    """RGB when the codec stores it (lossless codecs: the frames come back exactly), else 4:2:0 YUV."""
+def _chroma(format_name: str) -> str:
+    """The chroma sampling of a pixel format: "444" for RGB and 4:4:4 YUV, "422", else "420"."""
+    if format_name.startswith(("gbr", "rgb", "bgr", "argb", "abgr", "rgba", "bgra")) or "444" in format_name:
+        return "444"
+    return "422" if "422" in format_name else "420"
+
+
+def _pixel_format(codec: object, deep: bool, chroma: str = "420") -> str:
+    """RGB when the codec stores it losslessly (its frames come back exactly), else YUV with the
+    input's chroma sampling and depth where the encoder has them, 4:2:0 otherwise."""
     formats = [item.name for item in (getattr(codec, "video_formats", None) or [])]
     if getattr(codec, "name", "") in LOSSLESS_CODECS:
-        wanted = ("gbrp16le",) if deep else ("gbrp", "bgr0")
+        wanted: tuple[str, ...] = ("gbrp16le",) if deep else ("gbrp", "bgr0")
     elif deep:
-        wanted = ("yuv420p10le", "yuv420p")
+        wanted = (f"yuv{chroma}p10le", "yuv420p10le", f"yuv{chroma}p", "yuv420p")
     else:
-        wanted = ("yuv420p",)
+        wanted = (f"yuv{chroma}p", "yuv420p")
     for name in wanted:
         if not formats or name in formats:
             return name
@@ -452,7 +489,7 @@ def _mux(source: Path, work: Path, output: Path, probe: _Probe) -> None:
     try:
         with av.open(str(source)) as inputs, av.open(segments[0].as_posix()) as first:
             others = [stream for stream in inputs.streams if stream.type in ("audio", "subtitle")]
-            with av.open(str(temp), "w", format=_container_format(output), options=_BITEXACT) as target:
+            with av.open(str(temp), "w", format=_container_format(output, source), options=_BITEXACT) as target:
                 video = target.add_stream_from_template(first.streams.video[0])
                 if probe.rotation:
                     video.set_display_rotation(probe.rotation)
@@ -473,8 +510,10 @@ def _mux(source: Path, work: Path, output: Path, probe: _Probe) -> None:
         raise
 
 
-def _container_format(output: Path) -> str | None:
-    return {".mkv": "matroska", ".webm": "webm", ".mov": "mov", ".mp4": "mp4", ".avi": "avi"}.get(output.suffix.lower())
+def _container_format(output: Path, source: Path) -> str | None:
+    """The muxer: the output's extension names it, else (a name of a camera's own) the input's content."""
+    named = {".mkv": "matroska", ".webm": "webm", ".mov": "mov", ".mp4": "mp4", ".avi": "avi"}
+    return named.get(output.suffix.lower()) or sniff_container(source)
 
 
 def _segment_packets(segments: list[Path]) -> Iterator[object]:

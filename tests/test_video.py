@@ -472,3 +472,34 @@ def test_shards_restore_segments_of_one_clip_into_the_file_a_local_run_writes(
     ):
         np.testing.assert_array_equal(got, expected)
     assert not video.work_folder(tmp_path / "shards" / "clip.mkv").exists()
+
+
+@pytest.mark.parametrize("pix_fmt", ["yuv444p", "yuv422p10le"])
+def test_lossy_output_keeps_the_input_chroma_sampling_and_depth(tmp_path: Path, checkpoint: Path, pix_fmt: str) -> None:
+    clip = make_clip(tmp_path / "clip.mp4", frames=3, pix_fmt=pix_fmt, audio=False)
+    restore_files(RestoreRequest("denoise", clip, tmp_path / "out.mp4", ModelSource(checkpoint), OPTIONS))
+    assert decoded(tmp_path / "out.mp4")[2]["pix_fmt"] == decoded(clip)[2]["pix_fmt"] == pix_fmt
+
+
+def test_videos_under_names_of_their_own_are_found_by_content_and_kept_in_their_container(
+    tmp_path: Path, checkpoint: Path
+) -> None:
+    source, out = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    make_clip(tmp_path / "gopro.mp4", frames=3, audio=False).rename(source / "GOPR0001.LRV")  # GoPro's preview
+    make_clip(tmp_path / "take.mkv", frames=3, codec="ffv1", audio=False).rename(source / "take")  # no extension
+    (source / "notes.txt").write_text("not a video\n")
+    (source / "still.heic").write_bytes(b"\0\0\0\x18ftypheic\0\0\0\0mif1heic")  # ISO media, but an image
+    assert [video.sniff_container(source / name) for name in ("GOPR0001.LRV", "take", "notes.txt", "still.heic")] == [
+        "mp4",
+        "matroska",
+        None,
+        None,
+    ]
+    run = restore_files(RestoreRequest("denoise", source, out, ModelSource(checkpoint), OPTIONS))
+    assert [(row["name"], row["status"]) for row in run.document["files"]] == [
+        ("GOPR0001.LRV", "done"),
+        ("take", "done"),
+    ]
+    assert (video.sniff_container(out / "GOPR0001.LRV"), video.sniff_container(out / "take")) == ("mp4", "matroska")
+    assert [len(decoded(out / name)[0]) for name in ("GOPR0001.LRV", "take")] == [3, 3]
