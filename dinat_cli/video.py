@@ -20,6 +20,7 @@ encoder the input's colour metadata. 8-bit input goes through the network as 8-b
 from __future__ import annotations
 
 import bisect
+import contextlib
 import fcntl
 import heapq
 import itertools
@@ -27,11 +28,14 @@ import json
 import os
 import secrets
 import shutil
+import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING
+from queue import Empty, Full, Queue
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -110,7 +114,16 @@ class Segment:
     frames: int
 
 
-FrameRestorer = Callable[[np.ndarray], "Restored"]
+class FrameRestorer(Protocol):
+    """What restores a clip's frames: `engine.Restorer`, or a runner's stand-in for it."""
+
+    def restore_batch(self, images: Sequence[np.ndarray]) -> list[Restored]: ...
+
+    def batch_size(self, height: int, width: int) -> int: ...
+
+
+# Batches of decoded frames waiting for the network: the decoder works while the network does.
+_BATCHES_AHEAD = 2
 
 
 def is_video(path: Path) -> bool:
@@ -336,26 +349,88 @@ def _restore_segments(
     segments: Sequence[Segment],
     on_frame: Callable[[int, int | None], None] | None,
 ) -> VideoRestored:
+    """Restore the segments not yet in `work`: frames decoded on one thread, a batch of them in the
+    network on the calling thread, the previous batch encoded on another; memory is a few batches."""
     from dinat_cli.io import DecodedImage  # a frame goes through the network as a photo does
 
     todo = [segment for segment in segments if not _segment_path(work, segment.index).exists()]
     total = sum(segment.frames for segment in todo)
+    batch = max(1, restore.batch_size(probe.height, probe.width))
     restored = 0
     model_seconds = 0.0
     tile = precision = None
-    for segment in todo:
-        writer = _SegmentWriter(work, segment.index, options, probe)
-        for frame in _decode(source, segment):
-            image = DecodedImage(frame.to_ndarray(format="rgb48le" if probe.deep else "rgb24"))
-            result = restore(image.to_float())
-            model_seconds += result.seconds
-            tile, precision = result.tile, result.precision
-            restored += 1
-            writer.write(image.with_float_pixels(result.pixels).pixels, frame)
-            if on_frame is not None:
-                on_frame(restored, total)
-        writer.finish()
+    pixel_format = "rgb48le" if probe.deep else "rgb24"
+    with ThreadPoolExecutor(1, thread_name_prefix="dinat-encode") as encoder:
+        for segment in todo:
+            writer = _SegmentWriter(work, segment.index, options, probe)
+            writing: Future[None] | None = None
+            decoded = (
+                (frame, DecodedImage(frame.to_ndarray(format=pixel_format))) for frame in _decode(source, segment)
+            )
+            for pairs in _read_ahead(_batches(decoded, batch), _BATCHES_AHEAD):
+                results = restore.restore_batch([image.to_float() for _, image in pairs])
+                model_seconds += sum(result.seconds for result in results)
+                tile, precision = results[-1].tile, results[-1].precision
+                if writing is not None:
+                    writing.result()  # one batch encoded at a time, in order
+                writing = encoder.submit(_encode, writer, pairs, results)
+                restored += len(pairs)
+                if on_frame is not None:
+                    on_frame(restored, total)
+            if writing is not None:
+                writing.result()
+            writer.finish()
     return VideoRestored(0, restored, model_seconds, tile, precision)
+
+
+def _encode(writer: _SegmentWriter, pairs: Sequence[tuple[object, object]], results: Sequence[Restored]) -> None:
+    """Write restored frames: each decoded frame's timestamps, its image's depth."""
+    for (frame, image), result in zip(pairs, results, strict=True):
+        writer.write(image.with_float_pixels(result.pixels).pixels, frame)
+
+
+def _batches(items: Iterator[object], size: int) -> Iterator[list[object]]:
+    while batch := list(itertools.islice(items, size)):
+        yield batch
+
+
+def _read_ahead(items: Iterator[object], ahead: int) -> Iterator[object]:
+    """`items`, produced on a thread of their own up to `ahead` before they are taken."""
+    queue: Queue[tuple[object, BaseException | None]] = Queue(maxsize=ahead)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        queue.put((item, None), timeout=0.1)
+                        break
+                    except Full:
+                        continue
+                if stop.is_set():
+                    return
+            queue.put((done, None))
+        except BaseException as error:  # handed to the consumer, which raises it
+            queue.put((done, error))
+
+    producer = threading.Thread(target=produce, name="dinat-decode", daemon=True)
+    producer.start()
+    try:
+        while True:
+            item, error = queue.get()
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        with contextlib.suppress(Empty):
+            while True:
+                queue.get_nowait()  # unblocks a producer waiting to put
+        producer.join()
 
 
 def _decode(source: Path, segment: Segment) -> Iterator[object]:
