@@ -26,8 +26,9 @@ from dinat_cli.tiling import TileGrid, run_tiled, tile_grid
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _MEMORY_SHARE = {"cuda": 0.7, "cpu": 0.5, "mps": 0.5}
-# Auto batches stop here: a GPU is busy long before, and each input more is a decoded image held in memory.
-MAX_AUTO_BATCH = 16
+# Auto batches stop here: a 1280x720 image alone keeps a GPU busy, and each image of a batch is
+# a decoded file held in memory (the local runner holds a batch and two files more).
+MAX_AUTO_BATCH = 8
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
