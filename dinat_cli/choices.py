@@ -39,6 +39,19 @@ def parse_tile(spec: str | int | None) -> int | None:
     return tile
 
 
+def parse_batch(spec: str | int | None) -> int | None:
+    """`auto` -> None (sized from free memory), N >= 1 -> N network inputs per forward pass."""
+    if spec is None or str(spec).strip().lower() == "auto":
+        return None
+    try:
+        batch = int(spec)
+    except ValueError:
+        raise UsageError(f"--batch {spec}: expected auto or a number of images >= 1") from None
+    if batch < 1:
+        raise UsageError(f"--batch {batch}: expected auto or a number of images >= 1")
+    return batch
+
+
 def check_tile_overlap(overlap: int, tile: int | None) -> None:
     """Refuse an overlap the tiles cannot have; `tile` as `parse_tile` returns it.
 

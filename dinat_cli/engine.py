@@ -2,7 +2,7 @@
 
 `Restorer` runs a network, known to it only through its `ModelDescriptor`, on float
 images in [0, 1], as `EngineOptions` say. Reading and writing files is the job of
-`dinat_cli.io`, running batches that of `dinat_cli.pipeline`.
+`dinat_cli.io`, running batches of files that of `dinat_cli.pipeline`.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import contextlib
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,10 +22,13 @@ from dinat_cli.choices import SMALLEST_AUTO_TILE, check_device, check_precision,
 from dinat_cli.descriptor import ModelDescriptor
 from dinat_cli.errors import DinatError, UsageError
 from dinat_cli.options import EngineOptions, ModelSource
-from dinat_cli.tiling import run_tiled, tile_grid
+from dinat_cli.tiling import TileGrid, run_tiled, tile_grid
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _MEMORY_SHARE = {"cuda": 0.7, "cpu": 0.5, "mps": 0.5}
+# Auto batches stop here: a 1280x720 image alone keeps a GPU busy, and each image of a batch is
+# a decoded file held in memory (the local runner holds a batch and two files more).
+MAX_AUTO_BATCH = 8
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -139,38 +143,116 @@ class Restorer:
             note=self.precision_note,
         )
 
-    def restore(self, image: np.ndarray) -> Restored:
-        """Restore float32 `(H, W, in_channels)` in [0, 1].
+    @property
+    def largest_batch(self) -> int:
+        """The most network inputs `batch_size` ever returns: what a caller may gather at most."""
+        if self.options.batch is not None:
+            return self.options.batch
+        return 1 if self.device.type == "cpu" else MAX_AUTO_BATCH
 
-        Out of memory halves the tile and tries again, down to `min_tile`; a non-finite
-        result in half precision is recomputed in float32.
+    def batch_size(self, height: int, width: int) -> int:
+        """How many images of `height` x `width` go through the network together.
+
+        An image restored in tiles goes alone: its tiles go through together instead.
         """
+        grid = self._grid(height, width, self._tile_for_image(height, width))
+        return self._inputs_per_pass(grid) if grid.count == 1 else 1
+
+    def restore(self, image: np.ndarray) -> Restored:
+        """Restore float32 `(H, W, in_channels)` in [0, 1]: `restore_batch([image])[0]`."""
+        return self.restore_batch([image])[0]
+
+    def restore_batch(self, images: Sequence[np.ndarray]) -> list[Restored]:
+        """Restore float32 `(H, W, in_channels)` images in [0, 1], all of one size, in their order.
+
+        One forward pass per `batch_size` images (or per batch of tiles of a tiled image).
+        Out of memory halves the batch, then the tile, and tries again, down to one input of
+        `min_tile`; a non-finite result in half precision is recomputed in float32, for the
+        images that had one only.
+        """
+        if not images:
+            return []
+        shape = images[0].shape
         channels = self.descriptor.in_channels
-        if image.ndim != 3 or image.shape[2] != channels:
-            raise ValueError(f"expected (H, W, {channels}) input, got {image.shape}")
-        began = time.perf_counter()
-        # The batch axis first, then the permute: (H, W, C) memory is then a true channels-last
-        # (1, C, H, W) tensor. Added after the permute, its stride is C, convolutions take the
-        # tensor for NCHW and the whole network ran on NCHW maps, a quarter slower on CPU.
-        tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].permute(0, 3, 1, 2)
-        x = tensor.to(self.device, torch.float32)
-        tile = self.tile if self.tile is not None else self.auto_tile(*x.shape[-2:])
-        dtype = self.dtype
-        retried = False
-        while True:
+        if len(shape) != 3 or shape[2] != channels:
+            raise ValueError(f"expected (H, W, {channels}) input, got {shape}")
+        if any(image.shape != shape for image in images):
+            raise ValueError(f"restore_batch takes images of one size: {sorted({image.shape for image in images})}")
+        height, width = shape[:2]
+        tile = self._tile_for_image(height, width)
+        grid = self._grid(height, width, tile)
+        batch = self._inputs_per_pass(grid)
+        restored: list[Restored] = []
+        while len(restored) < len(images):
+            # Whole images go `batch` at a time; a tiled image alone, `batch` of its tiles at a time.
+            chunk = images[len(restored) : len(restored) + (batch if grid.count == 1 else 1)]
+            inputs = len(chunk) if grid.count == 1 else min(batch, grid.count)
             try:
-                result = self._run(x, tile or None, dtype)
+                restored += self._restore_chunk(chunk, tile, inputs if grid.count > 1 else 1)
             except (torch.OutOfMemoryError, RuntimeError) as error:
                 if not _is_out_of_memory(error):
                     raise
-                tile = self._smaller_tile(tile, x.shape[-2:])
-                continue
-            if dtype != torch.float32 and not torch.isfinite(result).all():
-                dtype, retried = torch.float32, True
-                continue
-            pixels = result.cpu()[0].permute(1, 2, 0).numpy()
-            seconds = time.perf_counter() - began
-            return Restored(pixels, tile or None, _precision_name(dtype), retried, seconds)
+                _release_cached_memory(self.device)
+                if inputs > 1:
+                    batch = inputs // 2
+                else:
+                    tile = self._smaller_tile(tile, (height, width))
+                    grid = self._grid(height, width, tile)
+        return restored
+
+    def _restore_chunk(self, images: Sequence[np.ndarray], tile: int, tiles_per_pass: int) -> list[Restored]:
+        """One forward pass (or one per batch of tiles) over `images`, with the float32 retry."""
+        began = time.perf_counter()
+        x = self._to_device(images)
+        half = self.dtype != torch.float32
+        pixels, finite = self._to_host(self._run(x, tile or None, self.dtype, tiles_per_pass), check_finite=half)
+        retried = np.zeros(len(images), dtype=bool) if finite is None else ~finite
+        if retried.any():
+            again = torch.from_numpy(np.flatnonzero(retried)).to(self.device)
+            redone, _ = self._to_host(self._run(x[again], tile or None, torch.float32, tiles_per_pass))
+            pixels = pixels.copy()  # a view of a pinned buffer or of the network's output
+            pixels[retried] = redone
+        seconds = (time.perf_counter() - began) / len(images)
+        return [
+            Restored(pixels[index], tile or None, "fp32" if again else _precision_name(self.dtype), again, seconds)
+            for index, again in enumerate(retried.tolist())
+        ]
+
+    def _to_device(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """`images` as one `(B, C, H, W)` float32 tensor on the device, channels-last in memory.
+
+        The batch axis first, then the permute: (B, H, W, C) memory is then a true channels-last
+        tensor. A permute before adding a batch axis of one gives a batch stride of C, which
+        convolutions took for NCHW: the whole network ran on NCHW maps, a quarter slower on CPU.
+        """
+        if len(images) == 1:  # no copy; torch's new axis has stride H * W * C, NumPy's 0
+            host = torch.from_numpy(np.ascontiguousarray(images[0], dtype=np.float32))[None]
+        else:
+            host = torch.from_numpy(np.stack([np.asarray(image, dtype=np.float32) for image in images]))
+        if self.device.type == "cuda":
+            # From page-locked memory the copy runs asynchronously, while the GPU works.
+            host = host.pin_memory()
+        return host.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+
+    def _to_host(self, result: torch.Tensor, check_finite: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """`(B, C, H, W)` results as `(B, H, W, C)` float32 arrays, and which are all finite (if asked).
+
+        On CUDA both copies are queued without waiting and the stream is synchronised once:
+        the one synchronisation of a batch.
+        """
+        pixels = result.permute(0, 2, 3, 1)
+        finite = torch.isfinite(result).flatten(1).all(1) if check_finite else None
+        if self.device.type == "cuda":
+            host = torch.empty(pixels.shape, dtype=pixels.dtype, pin_memory=True)
+            host.copy_(pixels, non_blocking=True)
+            if finite is not None:
+                flags = torch.empty(finite.shape, dtype=finite.dtype, pin_memory=True)
+                finite = flags.copy_(finite, non_blocking=True)
+            torch.cuda.current_stream(self.device).synchronize()
+            pixels = host
+        elif self.device.type != "cpu":
+            pixels, finite = pixels.cpu(), None if finite is None else finite.cpu()
+        return pixels.numpy(), None if finite is None else finite.numpy()
 
     def auto_tile(self, height: int, width: int) -> int:
         """The way `--tile auto` restores an image: 0 (whole) or a tile size, the fastest that fits in memory."""
@@ -187,8 +269,7 @@ class Restorer:
         multiple = self.descriptor.size_multiple
         grids = tile_choice.plans(height, width, self.tile_overlap, multiple)
         if within_memory:
-            per_pixel = self.descriptor.bytes_per_pixel * (0.5 if self.dtype != torch.float32 else 1.0)
-            budget = free_memory(self.device) * _MEMORY_SHARE.get(self.device.type, 0.5)
+            per_pixel, budget = self._bytes_per_pixel(), self._memory_budget()
             if grids[0].height * grids[0].width * per_pixel > budget:
                 side = int(math.sqrt(budget / per_pixel))
                 largest = max(self.min_tile, side - side % multiple)
@@ -198,19 +279,43 @@ class Restorer:
         table = self.descriptor.cpu_cost_per_pixel
         return {tile: tile_choice.cost(grid, table, element_size, self.device.type) for tile, grid in grids.items()}
 
-    def _smaller_tile(self, tile: int, shape: torch.Size) -> int:
-        with contextlib.suppress(Exception):
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
+    def _tile_for_image(self, height: int, width: int) -> int:
+        """The tile (0: whole) this engine restores an image of `height` x `width` in."""
+        return self.tile if self.tile is not None else self.auto_tile(height, width)
+
+    def _grid(self, height: int, width: int, tile: int) -> TileGrid:
+        return tile_grid(height, width, tile or None, self.tile_overlap, self.descriptor.size_multiple)
+
+    def _inputs_per_pass(self, grid: TileGrid) -> int:
+        """How many inputs of `grid`'s size (whole images or tiles) one forward pass takes.
+
+        Auto: as many as fit in the free-memory budget, up to MAX_AUTO_BATCH, but one on CPU,
+        where a batch computes no faster than its images one by one (README, "Batches").
+        """
+        if self.options.batch is not None:
+            return self.options.batch
+        if self.device.type == "cpu":
+            return 1
+        fit = int(self._memory_budget() // (grid.height * grid.width * self._bytes_per_pixel()))
+        return max(1, min(MAX_AUTO_BATCH, fit))
+
+    def _bytes_per_pixel(self) -> float:
+        return self.descriptor.bytes_per_pixel * (0.5 if self.dtype != torch.float32 else 1.0)
+
+    def _memory_budget(self) -> float:
+        return free_memory(self.device) * _MEMORY_SHARE.get(self.device.type, 0.5)
+
+    def _smaller_tile(self, tile: int, shape: tuple[int, int]) -> int:
         current = tile or max(shape)
         if current <= self.min_tile:
             raise DinatError(f"out of memory on {self.device} even with {self.min_tile} px tiles")
         smaller = max(self.min_tile, current // 2)
         return smaller - smaller % self.descriptor.size_multiple
 
-    def _run(self, x: torch.Tensor, tile: int | None, dtype: torch.dtype) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, tile: int | None, dtype: torch.dtype, tiles_per_pass: int) -> torch.Tensor:
         with torch.inference_mode(), _precision(self.device, dtype):
-            return run_tiled(self.model, x, tile, self.tile_overlap, self.descriptor.size_multiple)
+            multiple = self.descriptor.size_multiple
+            return run_tiled(self.model, x, tile, self.tile_overlap, multiple, batch_size=tiles_per_pass)
 
 
 def _tile_for(descriptor: ModelDescriptor, options: EngineOptions) -> int | None:
@@ -241,6 +346,13 @@ def _precision_name(dtype: torch.dtype) -> str:
     return next(name for name, value in PRECISIONS.items() if value == dtype)
 
 
+def _release_cached_memory(device: torch.device) -> None:
+    """Give the memory the failed pass left in PyTorch's cache back, so that a smaller one can use it."""
+    if device.type == "cuda":
+        with contextlib.suppress(Exception):
+            torch.cuda.empty_cache()
+
+
 def _is_out_of_memory(error: BaseException) -> bool:
     text = str(error).lower()
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
@@ -250,7 +362,8 @@ def free_memory(device: torch.device) -> float:
     """Bytes a new allocation on `device` can use now: free device memory, or available system memory."""
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
-        return float(free)
+        # What PyTorch holds in its cache is free for PyTorch, though not for the driver.
+        return float(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
     if device.type == "mps":
         return float(torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory())
     with contextlib.suppress(OSError, ValueError), open("/proc/meminfo") as meminfo:

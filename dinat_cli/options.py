@@ -16,6 +16,7 @@ from dinat_cli.choices import (
     check_device,
     check_precision,
     check_tile_overlap,
+    parse_batch,
     parse_tile,
 )
 
@@ -25,10 +26,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """How the engine runs a network: device, precision, tiling and kernels.
+    """How the engine runs a network: device, precision, tiling, batching and kernels.
 
     `tile` is None for `auto` (the fastest way that fits in memory), 0 for the whole
-    image, or a tile side in pixels. Use `parse` for command-line strings.
+    image, or a tile side in pixels. `batch` is how many network inputs (images of one
+    size, or tiles of one image) go through one forward pass: None for `auto` (from free
+    memory, like the tile), else at least 1. Use `parse` for command-line strings.
     """
 
     device: str = "auto"
@@ -36,6 +39,7 @@ class EngineOptions:
     tile: int | None = None
     tile_overlap: int = DEFAULT_TILE_OVERLAP
     attention: str = "auto"
+    batch: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "device", check_device(self.device))
@@ -44,6 +48,8 @@ class EngineOptions:
         if self.tile is not None and self.tile < 0:
             raise ValueError(f"tile {self.tile}: expected None (auto), 0 (whole image) or a size in pixels")
         check_tile_overlap(self.tile_overlap, self.tile)
+        if self.batch is not None and self.batch < 1:
+            raise ValueError(f"batch {self.batch}: expected None (auto) or at least 1")
 
     @classmethod
     def parse(
@@ -54,10 +60,16 @@ class EngineOptions:
         tile: str | int | None = "auto",
         tile_overlap: int = DEFAULT_TILE_OVERLAP,
         attention: str = "auto",
+        batch: str | int | None = "auto",
     ) -> EngineOptions:
         """Options from command-line values; a value that cannot be is a UsageError saying why."""
         return cls(
-            device=device, precision=precision, tile=parse_tile(tile), tile_overlap=tile_overlap, attention=attention
+            device=device,
+            precision=precision,
+            tile=parse_tile(tile),
+            tile_overlap=tile_overlap,
+            attention=attention,
+            batch=parse_batch(batch),
         )
 
 

@@ -389,11 +389,12 @@ def test_compiling_leaves_the_process_settings_alone(monkeypatch, torch_compile_
 def test_bench_command_reports_json() -> None:
     # Any input is padded to the 252-px attention span at level 1: one small size is enough.
     result = CliRunner().invoke(
-        app, ["bench", "--size", "72x64", "--dim", "8", "--repeat", "1", "--attention", "torch", "--json"]
+        app,
+        ["bench", "--size", "72x64", "--dim", "8", "--repeat", "1", "--attention", "torch", "--batch", "2", "--json"],
     )
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.output.splitlines()]
-    assert [row["size"] for row in rows] == ["72x64"]
+    assert [(row["size"], row["batch"]) for row in rows] == [("72x64", 2)]
     assert all(row["attention"] == "torch" and row["ms"] > 0 and row["precision"] == "fp32" for row in rows)
     assert all(row["kernels"] == "attention torch, norm/gate/pooling torch" for row in rows)
 

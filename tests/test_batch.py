@@ -26,13 +26,28 @@ from dinat_cli.runners.local import LocalRunner
 
 
 class StandInModel:
-    """Returns the image it gets; `seen` lists the files it got, by index; Ctrl-C on call `interrupt_at`."""
+    """Returns the images it gets, `batch` at most at once; `seen` lists the files it got, by index,
+    `batches` them as they came; Ctrl-C on image `interrupt_at`; a ValueError for any batch with `fail`."""
 
-    def __init__(self, interrupt_at: int | None = None) -> None:
+    def __init__(self, interrupt_at: int | None = None, batch: int = 1, fail: int | None = None) -> None:
         self.seen: list[int] = []
+        self.batches: list[list[int]] = []
         self.interrupt_at = interrupt_at
+        self.largest_batch = batch
+        self.fail = fail
 
-    def restore(self, pixels: np.ndarray) -> Restored:
+    def batch_size(self, height: int, width: int) -> int:
+        return self.largest_batch
+
+    def restore_batch(self, images: list[np.ndarray]) -> list[Restored]:
+        indices = [_index_of(pixels) for pixels in images]
+        assert len(images) <= self.largest_batch and len({pixels.shape for pixels in images}) == 1
+        self.batches.append(indices)
+        if self.fail in indices:
+            raise ValueError(f"cannot restore file {self.fail}")
+        return [self._restore(pixels) for pixels in images]
+
+    def _restore(self, pixels: np.ndarray) -> Restored:
         self.seen.append(_index_of(pixels))
         if len(self.seen) == self.interrupt_at:
             raise KeyboardInterrupt  # as Ctrl-C arrives: on the main thread, in the model
@@ -50,10 +65,12 @@ def _index_of(pixels: np.ndarray) -> int:
     return (round(float(pixels[0, 0, 0]) * 255) - 5) // 10
 
 
-def _inputs(root: Path, count: int) -> Path:
+def _inputs(root: Path, count: int, larger: tuple[int, ...] = ()) -> Path:
+    """`count` grey 8x8 PNGs, those of the indices in `larger` 16x16."""
     root.mkdir(parents=True)
     for index in range(count):
-        cv2.imwrite(str(root / f"f{index:02d}.png"), np.full((8, 8, 3), _level(index), np.uint8))
+        side = 16 if index in larger else 8
+        cv2.imwrite(str(root / f"f{index:02d}.png"), np.full((side, side, 3), _level(index), np.uint8))
     return root
 
 
@@ -87,6 +104,37 @@ def test_files_reach_the_model_in_list_order_even_when_the_first_is_read_last(
     assert model.seen == [0, 1, 2, 3, 4, 5]
     assert finished == [f"f{index:02d}.png" for index in range(6)]
     assert result.count("done") == 6 and result.exit_code == 0
+
+
+def test_waiting_images_of_one_size_go_through_the_model_together_in_list_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs = planning.plan_jobs(str(_inputs(tmp_path / "in", 9, larger=(3,))), tmp_path / "out")
+    read = io.read_image
+    others_read = threading.Semaphore(0)
+    model = StandInModel(batch=3, fail=6)
+    in_flight = model.largest_batch + 2
+
+    def first_file_read_last(path: Path) -> io.DecodedImage:
+        if Path(path).name == "f00.png":
+            for _ in range(in_flight - 1):  # the files read ahead beside it: a batch and more
+                others_read.acquire()
+            time.sleep(0.2)  # and they have asked for the model
+        else:
+            others_read.release()
+        return read(path)
+
+    monkeypatch.setattr(io, "read_image", first_file_read_last)
+    finished: list[str] = []
+    result = LocalRunner(model).run(jobs, on_result=lambda item: finished.append(item.name))
+    # f00 gathers f01 and f02, up to the batch size; f03 is larger: alone.
+    assert model.batches[:3] == [[0, 1, 2], [3], [4, 5, 6][: len(model.batches[2])]]
+    # In list order; a batch that fails is restored again image by image: only the file at fault fails.
+    assert list(dict.fromkeys(index for batch in model.batches for index in batch)) == list(range(9))
+    assert model.seen == [0, 1, 2, 3, 4, 5, 7, 8]
+    assert finished == [f"f{index:02d}.png" for index in range(9)]
+    assert [item.status for item in result.results] == ["done"] * 6 + ["failed"] + ["done"] * 2
+    assert result.results[6].error == "ValueError: cannot restore file 6"
 
 
 def test_ctrl_c_counts_planned_done_skipped_failed_and_not_started(

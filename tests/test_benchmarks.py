@@ -1,7 +1,9 @@
-"""The benchmark script against an "official" model given as a file."""
+"""The benchmark scripts: against an "official" model given as a file; the prepared device check on a CPU."""
 
 from __future__ import annotations
 
+import json
+import math
 import runpy
 import sys
 import textwrap
@@ -10,6 +12,7 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_network.py"
+GPU_CHECK = BENCH.parent / "gpu_check.py"
 
 
 @pytest.fixture
@@ -81,3 +84,49 @@ def test_profile_counts_each_kind_exclusive_of_the_kinds_it_calls() -> None:
     outer()  # clock: outer starts 0, inner 1-2 and 3-4, outer ends 5
     assert dict(profile.seconds) == {"attention": 2.0, "other": 3.0}
     assert profile.work["attention"] == 20.0
+
+
+def test_the_device_check_runs_quick_on_a_cpu_and_reports_every_section(tmp_path, monkeypatch, capsys) -> None:
+    # A stand-in for a swz30/Restormer checkout: the script imports the architecture by file path.
+    arch = tmp_path / "Restormer" / "basicsr" / "models" / "archs" / "restormer_arch.py"
+    arch.parent.mkdir(parents=True)
+    arch.write_text(
+        "import torch\n\n"
+        "class Restormer(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)\n\n"
+        "    def forward(self, x):\n"
+        "        return x + self.conv(x)\n"
+    )
+    report = tmp_path / "check.json"
+    argv = ["gpu_check.py", "--device", "cpu", "--quick", "--restormer", str(arch.parents[3]), "--json", str(report)]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(GPU_CHECK), run_name="__main__")
+    document = json.loads(report.read_text())
+    assert document["quick"] and document["device"] == "cpu" and "errors" not in document
+    parity = {item["backend"]: item for item in document["parity"]}
+    assert {"torch", "native"} <= set(parity)
+    for item in parity.values():
+        assert item["exact"] and item["worst"] <= 1e-5
+        assert set(item["max_diff"]) == {
+            "model_std_global",
+            "model_std_tlc",
+            "model_dualpixel_tlc",
+            "model_nochan_custom",
+        }
+    half = {item["precision_asked"]: item for item in document["half_precision"]}
+    assert set(half) == {"bf16", "fp16"}
+    for item in half.values():
+        # 16-bit arithmetic changes the output a little; where the CPU has none, float32 runs: identical.
+        assert item["min_psnr_db"] >= 40 and (item["precision"] != "fp32" or item["min_psnr_db"] == math.inf)
+    rows = {(row["model"], row["batch"]): row for row in document["throughput"]}
+    assert set(rows) == {("dinat", 1), ("dinat", 2), ("restormer", 1), ("restormer", 2)}
+    assert all(row["size"] == "256x256" and row["megapixels_per_s"] > 0 for row in rows.values())
+    assert rows["dinat", 2]["batch_max_diff"] <= 1e-5
+    [large] = document["large"]
+    assert large["size"] == "512x384" and large["tile"] == 256
+    assert document["fastest_exact"]["backend"] == document["auto_backend"]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["check", "configuration", "result", "note"]
+    assert any(line.startswith("parity fp32 vs golden") and line.endswith("exact") for line in lines)

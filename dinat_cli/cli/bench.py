@@ -44,8 +44,9 @@ class BenchResult:
     attention: str
     kernels: str  # Kernels.describe(): attention and the other kernels
     tile: int | None
+    batch: int  # images per call, through the network together
     first_ms: float  # the warm-up call: includes compiling (or loading compiled code)
-    ms: float
+    ms: float  # per call: per batch of images
     megapixels_per_s: float
     peak_mb: float  # above the memory in use before the call
 
@@ -105,26 +106,32 @@ def _rss() -> int:
 
 
 def run_bench(restorer: Restorer, size: tuple[int, int], repeat: int, seed: int = 0) -> BenchResult:
-    """Warm up once, then time `repeat` restores of one synthetic `size` image, on the restorer's kernels."""
+    """Warm up once, then time `repeat` restores of synthetic `size` images, on the restorer's kernels.
+
+    Each call restores as many images as the engine batches at that size (`Restorer.batch_size`).
+    """
     import numpy as np
 
     from dinat_cli import heap
 
     height, width = size
     channels = restorer.descriptor.in_channels
-    image = np.random.default_rng(seed).random((height, width, channels), dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    images = [
+        rng.random((height, width, channels), dtype=np.float32) for _ in range(restorer.batch_size(height, width))
+    ]
     # The peak includes the warm-up: freed memory stays in the process heap for reuse
     # (dinat_cli.heap), so only the first pass shows how much the working set needs, and
     # what earlier sizes left in the heap is returned first.
     heap.release_free_memory()
     with peak_memory(restorer.device) as peak:
         start = time.perf_counter()
-        restored = restorer.restore(image)
+        [restored, *_] = restorer.restore_batch(images)
         first = time.perf_counter() - start
         times = []
         for _ in range(repeat):
             start = time.perf_counter()
-            restored = restorer.restore(image)
+            [restored, *_] = restorer.restore_batch(images)
             times.append(time.perf_counter() - start)
     median = sorted(times)[len(times) // 2]
     return BenchResult(
@@ -134,9 +141,10 @@ def run_bench(restorer: Restorer, size: tuple[int, int], repeat: int, seed: int 
         attention=restorer.attention,
         kernels=restorer.kernels.describe(),
         tile=restored.tile,
+        batch=len(images),
         first_ms=first * 1e3,
         ms=median * 1e3,
-        megapixels_per_s=height * width / median / 1e6,
+        megapixels_per_s=len(images) * height * width / median / 1e6,
         peak_mb=peak[0] / 2**20,
     )
 
@@ -152,6 +160,7 @@ def bench(
         "auto", help=f"Attention backend: {', '.join(ATTENTION_BACKENDS)}; torch: eager PyTorch for every operation."
     ),
     tile: str = typer.Option("0", help="0: whole image; N: N-pixel tiles; auto: sized from free memory."),
+    batch: str = typer.Option("1", help="Images per call through the network together: N, or auto (from free memory)."),
     repeat: int = typer.Option(3, min=1, help="Timed runs per size after one warm-up (median reported)."),
     threads: int = typer.Option(0, min=0, help="CPU threads (0: torch's default)."),
     dim: int = typer.Option(48, min=8, help="Network width (48: the official checkpoints)."),
@@ -174,7 +183,7 @@ def bench(
         torch.set_num_threads(threads)
     model = RestoreDiNAT(**{**OFFICIAL_CONFIG, "dim": dim}, tlc=tlc)
     # An unavailable attention backend fails here, before any work.
-    options = EngineOptions.parse(device=device, precision=precision, tile=tile, attention=attention)
+    options = EngineOptions.parse(device=device, precision=precision, tile=tile, attention=attention, batch=batch)
     restorer = Restorer(describe(model), options)
     if restorer.precision_note:
         typer.echo(restorer.precision_note, err=True)
@@ -190,13 +199,14 @@ def bench(
         f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}"
     )
     table = Table(title=title)
-    for column in ("size", "precision", "tile", "first ms", "ms", "MP/s", "peak MB"):
+    for column in ("size", "precision", "tile", "batch", "first ms", "ms", "MP/s", "peak MB"):
         table.add_column(column, justify="left" if column == "size" else "right", overflow="fold")
     for r in results:
         table.add_row(
             r.size,
             r.precision,
             str(r.tile or "whole"),
+            str(r.batch),
             f"{r.first_ms:.0f}",
             f"{r.ms:.0f}",
             f"{r.megapixels_per_s:.3f}",

@@ -75,6 +75,11 @@ def _parameters(with_dual_pixel: bool) -> list[inspect.Parameter]:
             int,
             _option(DEFAULT_TILE_OVERLAP, "--tile-overlap", help="Pixels shared by neighbouring tiles."),
         ),
+        (
+            "batch",
+            str,
+            _option("auto", "--batch", help="Inputs per forward pass (images of one size, or tiles): auto or N."),
+        ),
         ("attention", str, _option("auto", "--attention", help=f"Attention backend: {'|'.join(ATTENTION_BACKENDS)}.")),
         ("overwrite", bool, _option(False, "--overwrite", help="Redo outputs that exist (default: skip them).")),
         ("ext", str, _option("keep", "--ext", help=f"Output format: {'|'.join(EXT_CHOICES)}.")),
@@ -184,6 +189,7 @@ def restore(
     precision: str,
     tile: str,
     tile_overlap: int,
+    batch: str,
     attention: str,
     overwrite: bool,
     ext: str,
@@ -225,6 +231,7 @@ def restore(
         tile=tile,
         tile_overlap=tile_overlap,
         attention=attention,
+        batch=batch,
     )
     share = Shard.parse(shard) if shard is not None else None
     path, entry = selection.select(task.name, model=model, weights=weights, dual_pixel=dual_pixel)

@@ -2,8 +2,9 @@
 and write files around it.
 
 Helper threads run `restore_file` for a few files at once, so files are decoded and encoded
-while the model works; the model itself runs on the thread that called `run`, one image at
-a time and in the jobs' order, so Ctrl-C stops it at once.
+while the model works; the model itself runs on the thread that called `run`, in the jobs'
+order, so Ctrl-C stops it at once. Images of one size that are waiting for it together go
+through it together, up to the engine's batch size (`Restorer.batch_size`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 from dinat_cli import evaluation
 from dinat_cli.errors import StorageError
 from dinat_cli.results import FileResult
-from dinat_cli.runners.base import FILES_IN_FLIGHT, OnFrames, Record, RestoreFn, Runner, restore_file
+from dinat_cli.runners.base import FILES_IN_FLIGHT, OnFrames, Record, Runner, restore_file
 
 if TYPE_CHECKING:
     from dinat_cli.engine import Restored, Restorer
@@ -51,12 +52,14 @@ class LocalRunner(Runner):
     ) -> str | None:
         """The first file that cannot be written for lack of space (or a read-only file system) stops the batch."""
         remaining = iter(enumerate(jobs))
-        model = _MainThreadModel(self._restorer.restore)
-        helpers = ThreadPoolExecutor(max_workers=FILES_IN_FLIGHT, thread_name_prefix="dinat-file")
+        model = _MainThreadModel(self._restorer)
+        # A whole batch waiting for the model, one file being read and one being written.
+        in_flight = max(FILES_IN_FLIGHT, self._restorer.largest_batch + 2)
+        helpers = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="dinat-file")
         pending: deque[tuple[int, Job, Future[FileResult]]] = deque()
         try:
             while True:
-                while len(pending) < FILES_IN_FLIGHT and (item := next(remaining, None)) is not None:
+                while len(pending) < in_flight and (item := next(remaining, None)) is not None:
                     index, job = item
                     pending.append((index, job, helpers.submit(model.in_turn, index, job, scoring, on_frames)))
                 if not pending:
@@ -99,11 +102,12 @@ class _MainThreadModel:
 
     Each file has a turn, its place in the batch, and the model serves the turns in order: a
     file read quickly does not overtake one read slowly, so files finish in the order the
-    progress shows them, and none waits behind files that come after it.
+    progress shows them, and none waits behind files that come after it. Images of the
+    following turns that are already waiting, of the current one's size, join its batch.
     """
 
-    def __init__(self, call: RestoreFn) -> None:
-        self._call = call
+    def __init__(self, restorer: Restorer) -> None:
+        self._restorer = restorer
         self._guard = threading.Lock()
         self._requests: dict[int, tuple[np.ndarray, Future[Restored], bool]] = {}
         # Turns whose file is done without asking for the model (it could not be read).
@@ -139,33 +143,59 @@ class _MainThreadModel:
         """Restore what helpers ask for, turn by turn, until `target` is finished."""
         target.add_done_callback(lambda _: self._wake.put(None))
         while not target.done():
-            request = self._next_request()
-            if request is None:
+            requests = self._next_requests()
+            if not requests:
                 self._wake.get()
                 continue
-            pixels, reply = request
             try:
-                reply.set_result(self._call(pixels))
-            except Exception as error:
-                reply.set_exception(error)
+                self._answer(requests)
             except BaseException:
-                # Ctrl-C in the middle of the model: the helper gives up on this file.
-                reply.set_exception(_Stopped())
+                # Ctrl-C in the middle of the model: the helpers give up on these files.
+                for _, reply in requests:
+                    if not reply.done():
+                        reply.set_exception(_Stopped())
                 raise
 
-    def _next_request(self) -> tuple[np.ndarray, Future[Restored]] | None:
-        """The request of the current turn, skipping turns that passed; None while it has not come."""
+    def _answer(self, requests: list[tuple[np.ndarray, Future[Restored]]]) -> None:
+        """Restore the requests' images together; where that fails, each alone, so that only files at fault fail."""
+        try:
+            results = self._restorer.restore_batch([pixels for pixels, _ in requests])
+        except Exception as error:
+            if len(requests) == 1:
+                requests[0][1].set_exception(error)
+            else:
+                for request in requests:
+                    self._answer([request])
+            return
+        for (_, reply), result in zip(requests, results, strict=True):
+            reply.set_result(result)
+
+    def _next_requests(self) -> list[tuple[np.ndarray, Future[Restored]]]:
+        """The request of the current turn, and those of the next turns that can join its batch.
+
+        Turns that passed are skipped; empty while the current turn's request has not come.
+        """
         with self._guard:
-            while self._turn in self._passed:
-                self._passed.remove(self._turn)
+            gathered: list[tuple[np.ndarray, Future[Restored]]] = []
+            limit = 1
+            while len(gathered) < limit:
+                while self._turn in self._passed:
+                    self._passed.remove(self._turn)
+                    self._turn += 1
+                request = self._requests.get(self._turn)
+                if request is None:
+                    break
+                pixels, reply, last = request
+                if gathered and (not last or pixels.shape != gathered[0][0].shape):
+                    break
+                del self._requests[self._turn]
+                gathered.append((pixels, reply))
+                if not last:  # a video's frame: its next frame is asked for once this one is answered
+                    break
                 self._turn += 1
-            request = self._requests.pop(self._turn, None)
-            if request is None:
-                return None
-            pixels, reply, last = request
-            if last:
-                self._turn += 1
-            return pixels, reply
+                if len(gathered) == 1 and self._restorer.largest_batch > 1:
+                    limit = self._restorer.batch_size(*pixels.shape[:2])
+            return gathered
 
     def stop(self) -> None:
         """Refuse new requests and release the helpers still waiting."""
