@@ -259,12 +259,12 @@ def test_a_clip_killed_mid_run_resumes_to_the_file_an_uninterrupted_run_writes(
         from dinat_cli.options import EngineOptions, ModelSource
         from dinat_cli.pipeline import RestoreRequest, restore_files
 
-        original = engine.Restorer.restore
-        def stalling(self, image):
+        original = engine.Restorer.restore_batch
+        def stalling(self, images):
             if Path({str(work / "segment-000001.nut")!r}).exists():
                 time.sleep(600)
-            return original(self, image)
-        engine.Restorer.restore = stalling
+            return original(self, images)
+        engine.Restorer.restore_batch = stalling
         options = video.VideoOptions("ffv1", segment_frames=4)
         model = ModelSource(Path({str(checkpoint)!r}))
         engine_options = EngineOptions(device="cpu", attention="torch")

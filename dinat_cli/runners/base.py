@@ -22,9 +22,9 @@ from dinat_cli.results import BatchResult, FileResult, partial_note
 
 if TYPE_CHECKING:
     # The engine imports torch: the driver of a Ray run does not need it.
-    from dinat_cli.engine import EngineDescription, Restored
+    from dinat_cli.engine import EngineDescription
     from dinat_cli.planning import Job
-    from dinat_cli.video import VideoScores
+    from dinat_cli.video import FrameRestorer, VideoScores
 
 # Files in flight at once for one model: one being read, one in the model, one being written.
 # Three keep the model busy whenever reading and writing a file take less time than restoring
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 # decode. The local runner used to hold 4, the Ray workers 3.
 FILES_IN_FLIGHT = 3
 
-RestoreFn = Callable[[np.ndarray], "Restored"]
 Record = Callable[[int, FileResult], None]
 # (file name, frames done, frames in the clip or None): a video's progress, frame by frame.
 OnFrames = Callable[[str, int, "int | None"], None]
@@ -107,7 +106,7 @@ class Runner(abc.ABC):
 
 
 def restore_file(
-    job: Job, restore: RestoreFn, scoring: evaluation.Scoring | None = None, on_frames: OnFrames | None = None
+    job: Job, model: FrameRestorer, scoring: evaluation.Scoring | None = None, on_frames: OnFrames | None = None
 ) -> FileResult:
     """One file's whole work, locally or on a Ray worker: read, restore, write atomically, score.
 
@@ -116,12 +115,12 @@ def restore_file(
     file's reading, model time and writing, not the time it waited for the model.
     """
     if job.video is not None:
-        return _restore_video_file(job, restore, scoring, on_frames)
+        return _restore_video_file(job, model, scoring, on_frames)
     begin = time.perf_counter()
     try:
         template, pixels = _load(job)
         asked = time.perf_counter()
-        restored = restore(pixels)
+        [restored] = model.restore_batch([pixels])
         answered = time.perf_counter()
         image = template.with_float_pixels(restored.pixels)
         io.write_image(image, job.output)
@@ -159,7 +158,7 @@ def restore_file(
 
 
 def _restore_video_file(
-    job: Job, restore: RestoreFn, scoring: evaluation.Scoring | None, on_frames: OnFrames | None
+    job: Job, model: FrameRestorer, scoring: evaluation.Scoring | None, on_frames: OnFrames | None
 ) -> FileResult:
     """A video job: its frames restored one by one into a video, in resumable segments.
 
@@ -171,7 +170,7 @@ def _restore_video_file(
     begin = time.perf_counter()
     try:
         follow = None if on_frames is None else functools.partial(on_frames, job.name)
-        done = video.restore_video(job.sources[0], job.output, restore, job.video, follow, job.segments)
+        done = video.restore_video(job.sources[0], job.output, model, job.video, follow, job.segments)
     except StorageError:
         raise
     except Exception as error:

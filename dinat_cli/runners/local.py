@@ -10,12 +10,12 @@ through it together, up to the engine's batch size (`Restorer.batch_size`).
 from __future__ import annotations
 
 import contextlib
-import functools
 import queue
 import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -109,7 +109,7 @@ class _MainThreadModel:
     def __init__(self, restorer: Restorer) -> None:
         self._restorer = restorer
         self._guard = threading.Lock()
-        self._requests: dict[int, tuple[np.ndarray, Future[Restored], bool]] = {}
+        self._requests: dict[int, _Request] = {}
         # Turns whose file is done without asking for the model (it could not be read).
         self._passed: set[int] = set()
         self._turn = 0
@@ -120,22 +120,22 @@ class _MainThreadModel:
         self, turn: int, job: Job, scoring: evaluation.Scoring | None, on_frames: OnFrames | None = None
     ) -> FileResult:
         """Called on a helper thread: `restore_file` for `job`, the model serving it in `turn`."""
-        # A video asks for the model once a frame, all in its turn: the turn passes when its file is done.
+        # A video asks for the model once a batch of frames, all in its turn: the turn passes when its file is done.
         try:
-            return restore_file(job, functools.partial(self._restore, turn, job.video is None), scoring, on_frames)
+            return restore_file(job, _Turn(self, turn, passes_on=job.video is None), scoring, on_frames)
         finally:
             with self._guard:
                 if turn >= self._turn:
                     self._passed.add(turn)
             self._wake.put(None)
 
-    def _restore(self, turn: int, last: bool, pixels: np.ndarray) -> Restored:
-        """Waits for the main thread to restore `pixels` in `turn`; `last` passes the turn on."""
-        reply: Future[Restored] = Future()
+    def request(self, turn: int, last: bool, images: list[np.ndarray]) -> list[Restored]:
+        """Waits for the main thread to restore `images` in `turn`; `last` passes the turn on."""
+        reply: Future[list[Restored]] = Future()
         with self._guard:
             if self._stopped:
                 raise _Stopped
-            self._requests[turn] = (pixels, reply, last)
+            self._requests[turn] = _Request(images, reply, last)
         self._wake.put(None)
         return reply.result()
 
@@ -151,32 +151,33 @@ class _MainThreadModel:
                 self._answer(requests)
             except BaseException:
                 # Ctrl-C in the middle of the model: the helpers give up on these files.
-                for _, reply in requests:
-                    if not reply.done():
-                        reply.set_exception(_Stopped())
+                for request in requests:
+                    if not request.reply.done():
+                        request.reply.set_exception(_Stopped())
                 raise
 
-    def _answer(self, requests: list[tuple[np.ndarray, Future[Restored]]]) -> None:
+    def _answer(self, requests: list[_Request]) -> None:
         """Restore the requests' images together; where that fails, each alone, so that only files at fault fail."""
         try:
-            results = self._restorer.restore_batch([pixels for pixels, _ in requests])
+            results = self._restorer.restore_batch([image for request in requests for image in request.images])
         except Exception as error:
             if len(requests) == 1:
-                requests[0][1].set_exception(error)
+                requests[0].reply.set_exception(error)
             else:
                 for request in requests:
                     self._answer([request])
             return
-        for (_, reply), result in zip(requests, results, strict=True):
-            reply.set_result(result)
+        for request in requests:
+            request.reply.set_result(results[: len(request.images)])
+            results = results[len(request.images) :]
 
-    def _next_requests(self) -> list[tuple[np.ndarray, Future[Restored]]]:
+    def _next_requests(self) -> list[_Request]:
         """The request of the current turn, and those of the next turns that can join its batch.
 
         Turns that passed are skipped; empty while the current turn's request has not come.
         """
         with self._guard:
-            gathered: list[tuple[np.ndarray, Future[Restored]]] = []
+            gathered: list[_Request] = []
             limit = 1
             while len(gathered) < limit:
                 while self._turn in self._passed:
@@ -185,16 +186,15 @@ class _MainThreadModel:
                 request = self._requests.get(self._turn)
                 if request is None:
                     break
-                pixels, reply, last = request
-                if gathered and (not last or pixels.shape != gathered[0][0].shape):
+                if gathered and (not request.last or request.images[0].shape != gathered[0].images[0].shape):
                     break
                 del self._requests[self._turn]
-                gathered.append((pixels, reply))
-                if not last:  # a video's frame: its next frame is asked for once this one is answered
+                gathered.append(request)
+                if not request.last:  # a video's frames: its next batch is asked for once these are answered
                     break
                 self._turn += 1
                 if len(gathered) == 1 and self._restorer.largest_batch > 1:
-                    limit = self._restorer.batch_size(*pixels.shape[:2])
+                    limit = self._restorer.batch_size(*request.images[0].shape[:2])
             return gathered
 
     def stop(self) -> None:
@@ -203,5 +203,32 @@ class _MainThreadModel:
             self._stopped = True
             waiting = list(self._requests.values())
             self._requests.clear()
-        for _, reply, _ in waiting:
-            reply.set_exception(_Stopped())
+        for request in waiting:
+            request.reply.set_exception(_Stopped())
+
+
+@dataclass(frozen=True)
+class _Request:
+    """Images one file's helper thread waits to have restored: a photo's, or a batch of a clip's frames."""
+
+    images: list[np.ndarray]
+    reply: Future[list[Restored]]
+    last: bool  # the file's last request: its turn passes on when it is answered
+
+
+@dataclass(frozen=True)
+class _Turn:
+    """The model as one file's work sees it (a `video.FrameRestorer`), served in the file's turn.
+
+    A photo's one request passes the turn on; a clip keeps it until its file is done.
+    """
+
+    model: _MainThreadModel
+    turn: int
+    passes_on: bool
+
+    def restore_batch(self, images: Sequence[np.ndarray]) -> list[Restored]:
+        return self.model.request(self.turn, self.passes_on, list(images))
+
+    def batch_size(self, height: int, width: int) -> int:
+        return self.model._restorer.batch_size(height, width)

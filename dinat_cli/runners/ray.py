@@ -120,13 +120,11 @@ class _Worker:
         configure_process()
         torch.set_num_threads(threads)
         self._name = f"{socket.gethostname()}:{os.getpid()}"
-        # Ray runs up to FILES_IN_FLIGHT calls at once on this actor's threads: files are read
-        # and written side by side, while the model takes one image at a time.
-        self._model_lock = threading.Lock()
         self._error: DinatError | None = None
         self._restorer: Restorer | None = None
         try:
             self._restorer = Restorer.load(source, options)
+            self._model = _OneAtATime(self._restorer)
         except DinatError as error:
             self._error = error
         except Exception as error:
@@ -151,13 +149,28 @@ class _Worker:
         if self._restorer is None:  # restarted on a machine where the model does not load
             result = FileResult.failed(job, str(self._error))
         else:
-            result = restore_file(job, self._restore, scoring)
+            result = restore_file(job, self._model, scoring)
         result.worker = self._name
         return result
 
-    def _restore(self, pixels: Any) -> Restored:
-        with self._model_lock:
-            return self._restorer.restore(pixels)  # type: ignore[union-attr]  # restore() checked it
+
+class _OneAtATime:
+    """A worker's model for the files it restores at once (a `video.FrameRestorer`).
+
+    Ray runs up to FILES_IN_FLIGHT calls at once on an actor's threads: files are read and
+    written side by side, while the model takes one batch at a time.
+    """
+
+    def __init__(self, restorer: Restorer) -> None:
+        self._restorer = restorer
+        self._lock = threading.Lock()
+
+    def restore_batch(self, images: Sequence[Any]) -> list[Restored]:
+        with self._lock:
+            return self._restorer.restore_batch(images)
+
+    def batch_size(self, height: int, width: int) -> int:
+        return self._restorer.batch_size(height, width)
 
 
 class RayRunner(Runner):
