@@ -52,6 +52,7 @@ def make_clip(
     size: tuple[int, int] = (64, 48),
     rotation: float = 0,
     encoder: dict[str, str] | None = None,
+    rate: int = 24,
 ) -> Path:
     """A clip of smooth moving gradients (so that a lossy codec keeps them well), VFR, with a sine tone.
 
@@ -60,7 +61,7 @@ def make_clip(
     width, height = size
     deep = "10" in pix_fmt
     with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=24)
+        stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         stream.time_base = TIME_BASE
         stream.options = encoder or {}
@@ -117,11 +118,6 @@ def decoded(path: Path, pixel_format: str = "rgb24") -> tuple[list[np.ndarray], 
 def audio_packets(path: Path) -> list[bytes]:
     with av.open(str(path)) as container:
         return [bytes(packet) for packet in container.demux(audio=0) if packet.size]
-
-
-def all_packets(path: Path) -> list[tuple[str, int | None, bytes]]:
-    with av.open(str(path)) as container:
-        return [(packet.stream.type, packet.pts, bytes(packet)) for packet in container.demux() if packet.size]
 
 
 def round_trip(frames: list[np.ndarray], path: Path) -> list[np.ndarray]:
@@ -286,7 +282,7 @@ def test_a_clip_killed_mid_run_resumes_to_the_file_an_uninterrupted_run_writes(
     resumed = restore_files(_request(clip, interrupted, checkpoint, options))
     row = resumed.document["files"][0]
     assert (row["status"], row["frames"], row["restored_frames"]) == ("done", 16, 8)  # two segments were kept
-    assert all_packets(interrupted / "clip.mkv") == all_packets(tmp_path / "whole" / "clip.mkv")
+    assert (interrupted / "clip.mkv").read_bytes() == (tmp_path / "whole" / "clip.mkv").read_bytes()
     assert not work.exists() and not list(interrupted.rglob(".*.tmp-*"))
 
 
@@ -357,6 +353,8 @@ def test_gt_scores_a_clip_frame_by_frame_with_the_mean_and_the_worst_frame(tmp_p
     make_clip(gt / "clip.mkv", codec="ffv1", frames=12, audio=False)
     make_clip(gt / "short.mp4", frames=10)
     make_clip(gt / "small.mp4", size=(32, 24))
+    make_clip(source / "fast.mp4", frames=3)
+    make_clip(gt / "fast.mp4", frames=3, rate=30)
     options = video.VideoOptions("ffv1")
     request = RestoreRequest("denoise", source, out, ModelSource(checkpoint), OPTIONS, gt=gt, ext="mkv", video=options)
     rows = {row["name"]: row for row in restore_files(request).document["files"]}
@@ -374,6 +372,9 @@ def test_gt_scores_a_clip_frame_by_frame_with_the_mean_and_the_worst_frame(tmp_p
     )
     assert rows["small.mp4"]["error"] == (
         f"not scored: {gt / 'small.mp4'} vs {out / 'small.mkv'}: size mismatch (32x24 vs 64x48)"
+    )
+    assert rows["fast.mp4"]["error"] == (
+        f"not scored: {gt / 'fast.mp4'} vs {out / 'fast.mkv'}: frame rate mismatch (30 vs 24)"
     )
     assert all(row["status"] == "done" for row in rows.values())
 
@@ -503,3 +504,57 @@ def test_videos_under_names_of_their_own_are_found_by_content_and_kept_in_their_
     ]
     assert (video.sniff_container(out / "GOPR0001.LRV"), video.sniff_container(out / "take")) == ("mp4", "matroska")
     assert [len(decoded(out / name)[0]) for name in ("GOPR0001.LRV", "take")] == [3, 3]
+
+
+class _Dimming:
+    """A frame restorer that dims the pixels to 0.6 (never half a level: 0.6 x an integer is not k + 0.5),
+    a batch of up to `batch` frames per call, and notes each batch."""
+
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+        self.batches: list[int] = []
+
+    def batch_size(self, height: int, width: int) -> int:
+        return self.batch
+
+    def restore_batch(self, images: list[np.ndarray]) -> list[object]:
+        from dinat_cli.engine import Restored
+
+        assert 0 < len(images) <= self.batch and len({image.shape for image in images}) == 1
+        self.batches.append(len(images))
+        return [Restored(image * 0.6, None, "fp32", False, 0.0) for image in images]
+
+
+def test_a_clips_frames_go_through_the_network_in_batches_of_the_engines_size(tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "clip.mkv", frames=12, codec="ffv1", pix_fmt="yuv444p", audio=False)
+    dimming = _Dimming(batch=4)
+    options = video.VideoOptions("ffv1", segment_frames=5)
+    progress = []
+    video.restore_video(clip, tmp_path / "out.mkv", dimming, options, lambda *done: progress.append(done))
+    assert dimming.batches == [4, 1, 4, 1, 2]  # batches never cross a segment (5, 5 and 2 frames)
+    assert progress == [(4, 12), (5, 12), (9, 12), (10, 12), (12, 12)]
+    for got, frame in zip(decoded(tmp_path / "out.mkv")[0], decoded(clip)[0], strict=True):
+        np.testing.assert_array_equal(got, np.rint(frame * 0.6).astype(np.uint8))
+
+
+def test_reading_ahead_hands_on_the_producers_error_and_stops_it_when_abandoned() -> None:
+    import threading
+
+    def failing():
+        yield 1
+        raise ValueError("a corrupt packet")
+
+    with pytest.raises(ValueError, match="a corrupt packet"):
+        list(video._read_ahead(failing(), 2))
+    produced = []
+
+    def endless():
+        while True:
+            produced.append(len(produced))
+            yield produced[-1]
+
+    ahead = video._read_ahead(endless(), 2)
+    assert next(ahead) == 0
+    ahead.close()  # the consumer gives up (an error in the network): the producer ends, not blocked for ever
+    assert not [thread for thread in threading.enumerate() if thread.name == "dinat-decode"]
+    assert len(produced) <= 4
