@@ -183,8 +183,8 @@ def restore_video(
     work = work_folder(output)
     try:
         probe = _probe(source)
-        plan = plan_segments(source, options.segment_frames)
         _prepare_work_folder(work, source, options)
+        plan = _planned_segments(source, work, options.segment_frames)
         mine = [segment for segment in plan if segments is None or segment.index in segments]
         stats = _restore_segments(source, work, restore, options, probe, mine, on_frame)
         joined = _join_when_complete(source, work, output, probe, plan)
@@ -334,6 +334,18 @@ def _prepare_work_folder(work: Path, source: Path, options: VideoOptions) -> Non
     work.mkdir(parents=True, exist_ok=True)
     if not manifest.exists():
         files.write_atomically(manifest, json.dumps(settings).encode())
+
+
+def _planned_segments(source: Path, work: Path, segment_frames: int) -> list[Segment]:
+    """The clip's segments, planned once and kept in the work folder: the shards and Ray tasks of a
+    long clip read them instead of demuxing the whole clip again each."""
+    kept = work / "segments.json"
+    try:
+        return [Segment(**fields) for fields in json.loads(kept.read_text())]
+    except (OSError, ValueError, TypeError):
+        plan = plan_segments(source, segment_frames)
+        files.write_atomically(kept, json.dumps([asdict(segment) for segment in plan]).encode())
+        return plan
 
 
 def _segment_path(work: Path, index: int) -> Path:
