@@ -139,6 +139,9 @@ class _MainThreadModel:
         self._wake.put(None)
         return reply.result()
 
+    def batch_size(self, height: int, width: int) -> int:
+        return self._restorer.batch_size(height, width)
+
     def serve_until(self, target: Future[FileResult]) -> None:
         """Restore what helpers ask for, turn by turn, until `target` is finished."""
         target.add_done_callback(lambda _: self._wake.put(None))
@@ -231,4 +234,4 @@ class _Turn:
         return self.model.request(self.turn, self.passes_on, list(images))
 
     def batch_size(self, height: int, width: int) -> int:
-        return self.model._restorer.batch_size(height, width)
+        return self.model.batch_size(height, width)
