@@ -7,8 +7,9 @@ with the same atomic writes as a local run. A video of several segments is sent 
 unit per segment (`runners.segments`), so one long clip keeps every worker busy. A worker
 that dies loses only the files it had in flight: they are sent again, each alone on a
 worker so that a file that kills workers cannot take others down with it, and a file
-whose worker died `MAX_ATTEMPTS` times is reported failed. Ray restarts dead workers. A file that cannot be written because
-the output's file system is full or read-only stops the run, as a local one.
+whose worker died `MAX_ATTEMPTS` times is reported failed. Ray restarts dead workers. A
+file that cannot be written because the output's file system is full or read-only stops
+the run, as a local one.
 
 Ray is optional (`pip install 'dinat-cli[ray]'`) and imported only when a run asks for it.
 """
