@@ -26,7 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from dinat_cli import files, io, reports
+from dinat_cli import files, io, reports, video
 from dinat_cli.errors import DinatError
 
 PREVIEW_SIDE = 1024  # the longest side of a preview, in pixels
@@ -51,6 +51,8 @@ class Entry:
     tile: int | None = None
     precision: str | None = None
     error: str | None = None
+    # Videos: the frame the previews show, the worst one when the clip was scored (None: the middle).
+    frame: int | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,8 @@ class Previews:
     crop_after: str | None = None
     crop: Crop | None = None
     problem: str | None = None
+    # What the previews of a video show: "frame 7 (the worst)".
+    frame: str | None = None
 
 
 def write_page(path: Path, document: Mapping[str, Any]) -> None:
@@ -112,6 +116,7 @@ def to_entries(document: Mapping[str, Any]) -> list[Entry]:
             tile=row.get("tile"),
             precision=row.get("precision"),
             error=row.get("error"),
+            frame=row.get("worst_frame"),
         )
         for row in document["files"]
     ]
@@ -132,18 +137,22 @@ def display_rgb(image: io.DecodedImage) -> np.ndarray:
 def _write_previews(entry: Entry, index: int, folder: Path) -> Previews:
     if entry.after is None:
         return Previews()
+    clip = video.is_video(Path(entry.after))
     try:
-        after = display_rgb(io.read_image(Path(entry.after)))
-        before = display_rgb(io.read_image(Path(entry.before))) if entry.before else None
+        after = display_rgb(_still(Path(entry.after), entry.frame, clip))
+        before = display_rgb(_still(Path(entry.before), entry.frame, clip)) if entry.before else None
     except DinatError as error:
         return Previews(problem=f"no preview: {error}")
+    shown = None
+    if clip:
+        shown = "the middle frame" if entry.frame is None else f"frame {entry.frame} (the worst)"
     if before is not None and before.shape != after.shape:
         return Previews(problem=f"no preview: {entry.before} and {entry.after} differ in size")
     height, width = _preview_size(after.shape[:2])
     names = {kind: f"{index}-{kind}.webp" for kind in ("before", "after", "heat", "crop-before", "crop-after")}
     _write_webp(folder / names["after"], _downscale(after, width, height))
     if before is None:
-        return Previews(width, height, after=names["after"])
+        return Previews(width, height, after=names["after"], frame=shown)
     _write_webp(folder / names["before"], _downscale(before, width, height))
     difference = np.abs(after.astype(np.int16) - before.astype(np.int16)).mean(axis=2)
     heat = cv2.applyColorMap(np.clip(difference * HEAT_GAIN, 0, 255).astype(np.uint8), cv2.COLORMAP_INFERNO)
@@ -153,8 +162,21 @@ def _write_previews(entry: Entry, index: int, folder: Path) -> Previews:
     _write_webp(folder / names["crop-before"], before[window])
     _write_webp(folder / names["crop-after"], after[window])
     return Previews(
-        width, height, names["before"], names["after"], names["heat"], names["crop-before"], names["crop-after"], crop
+        width,
+        height,
+        names["before"],
+        names["after"],
+        names["heat"],
+        names["crop-before"],
+        names["crop-after"],
+        crop,
+        frame=shown,
     )
+
+
+def _still(path: Path, frame: int | None, clip: bool) -> io.DecodedImage:
+    """The image a preview shows: the file, or of a clip, its frame `frame` (None: the middle one)."""
+    return video.read_frame(path, frame) if clip else io.read_image(path)
 
 
 def most_changed_region(difference: np.ndarray, side: int) -> Crop:
@@ -367,6 +389,8 @@ def _card(index: int, entry: Entry, preview: Previews, folder: str, labels: tupl
         details.append(("Error" if entry.status == "failed" else "Note", entry.error))
     if preview.problem:
         details.append(("Preview", preview.problem))
+    if preview.frame:
+        details.append(("Preview", preview.frame))
     scores = " ".join(f'data-{key}="{_number(value)}"' for key, value in entry.scores.items())
     facts = "".join(f"<dt>{_text(label)}</dt><dd>{_text(value)}</dd>" for label, value in details)
     return (

@@ -43,7 +43,8 @@ from dinat_cli import files
 from dinat_cli.errors import DinatError, StorageError
 
 if TYPE_CHECKING:
-    from dinat_cli.engine import Restored  # torch: only the caller of restore_video needs it
+    from dinat_cli.engine import Restored
+    from dinat_cli.io import DecodedImage  # torch: only the caller of restore_video needs it
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi"})
 # ISO media brands of still images (HEIF, AVIF): an `ftyp` box alone does not make a video.
@@ -210,6 +211,37 @@ def plan_segments(source: Path, segment_frames: int) -> list[Segment]:
     start, or at `segment_frames` frames where there is none. A stream whose packets have no
     presentation timestamps is one segment.
     """
+    return _cut(_packets(source), segment_frames)
+
+
+def read_frame(source: Path, index: int | None = None) -> DecodedImage:
+    """Frame `index` of the clip (from 0, in presentation order; None: the middle one) as an image,
+    decoded from the keyframe before it; 16-bit for a deep clip."""
+    packets = _packets(source)
+    if any(pts is None for pts, _, _ in packets):
+        segment = Segment(0, None, None, None, len(packets))
+        skip = len(packets) // 2 if index is None else index
+    else:
+        shown = _presentation_order(packets)
+        at = min(len(shown) - 1, len(shown) // 2 if index is None else index)
+        segment, skip = _segment_of(packets, shown, _keyframes(packets), at, at, at + 1), 0
+    import av
+
+    from dinat_cli.io import DecodedImage
+
+    deep = _probe(source).deep
+    try:
+        frame = next(itertools.islice(_decode(source, segment), skip, None), None)
+        pixels = None if frame is None else frame.to_ndarray(format="rgb48le" if deep else "rgb24")
+    except av.FFmpegError as error:
+        raise DinatError(f"{source}: cannot decode ({_reason(error)})") from None
+    if pixels is None:
+        raise DinatError(f"{source}: no frame {index}")
+    return DecodedImage(pixels)
+
+
+def _packets(source: Path) -> list[tuple[int | None, int | None, bool]]:
+    """(pts, dts, keyframe) of the video stream's packets in decoding order, from demuxing alone."""
     import av
 
     with _open_video(source) as container:
@@ -220,42 +252,61 @@ def plan_segments(source: Path, segment_frames: int) -> list[Segment]:
             raise DinatError(f"{source}: not a readable video ({_reason(error)})") from None
     if not packets:
         raise DinatError(f"{source}: no frame could be decoded")
-    return _cut(packets, segment_frames)
+    return packets
 
 
 def _cut(packets: Sequence[tuple[int | None, int | None, bool]], segment_frames: int) -> list[Segment]:
     """Segments of packets (pts, dts, keyframe) in decoding order."""
     if any(pts is None for pts, _, _ in packets):
         return [Segment(0, None, None, None, len(packets))]
-    shown = sorted(range(len(packets)), key=lambda index: packets[index][0])  # decoding index by presentation
+    shown = _presentation_order(packets)
     count = len(shown)
     starts = [0]
     while starts[-1] + segment_frames < count:
         first = starts[-1] + segment_frames
         keyframes = (at for at in range(first, min(first + segment_frames, count)) if packets[shown[at]][2])
         starts.append(next(keyframes, first))
-    keyframes = [index for index, (_, _, key) in enumerate(packets) if key]
-    segments = []
-    for index, first in enumerate(starts):
-        last = starts[index + 1] if index + 1 < len(starts) else count
-        # Decoding starts at the last keyframe before the segment's first packet in decoding order
-        # that none of its frames is shown before (those would be an open GOP's leading frames,
-        # which need the keyframe before it).
-        earliest = min(shown[first:last])
-        candidates = keyframes[: bisect.bisect_right(keyframes, earliest)]
-        shown_first = packets[shown[first]][0]
-        key = next((key for key in reversed(candidates) if packets[key][0] <= shown_first), 0)
-        pts, dts, _ = packets[key]
-        segments.append(
-            Segment(
-                index=index,
-                start=packets[shown[first]][0] if index else None,
-                end=packets[shown[last]][0] if last < count else None,
-                seek=(dts if dts is not None else pts) if index and key else None,
-                frames=last - first,
-            )
-        )
-    return segments
+    keyframes = _keyframes(packets)
+    ends = [*starts[1:], count]
+    pairs = enumerate(zip(starts, ends, strict=True))
+    return [_segment_of(packets, shown, keyframes, index, first, last) for index, (first, last) in pairs]
+
+
+def _presentation_order(packets: Sequence[tuple[int | None, int | None, bool]]) -> list[int]:
+    """The decoding index of each frame, in presentation order."""
+    return sorted(range(len(packets)), key=lambda index: packets[index][0])
+
+
+def _keyframes(packets: Sequence[tuple[int | None, int | None, bool]]) -> list[int]:
+    return [index for index, (_, _, key) in enumerate(packets) if key]
+
+
+def _segment_of(
+    packets: Sequence[tuple[int | None, int | None, bool]],
+    shown: Sequence[int],
+    keyframes: Sequence[int],
+    index: int,
+    first: int,
+    last: int,
+) -> Segment:
+    """Segment `index`: the frames shown from `first` to before `last`, and where decoding them starts.
+
+    Decoding starts at the last keyframe before their first packet in decoding order that none of
+    them is shown before (those would be an open GOP's leading frames, which need the keyframe
+    before it).
+    """
+    earliest = min(shown[first:last])
+    candidates = keyframes[: bisect.bisect_right(keyframes, earliest)]
+    shown_first = packets[shown[first]][0]
+    key = next((key for key in reversed(candidates) if packets[key][0] <= shown_first), 0)
+    pts, dts, _ = packets[key]
+    return Segment(
+        index=index,
+        start=shown_first if first else None,
+        end=packets[shown[last]][0] if last < len(shown) else None,
+        seek=(dts if dts is not None else pts) if key else None,
+        frames=last - first,
+    )
 
 
 @dataclass(frozen=True)

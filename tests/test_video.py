@@ -562,3 +562,31 @@ def test_reading_ahead_hands_on_the_producers_error_and_stops_it_when_abandoned(
     ahead.close()  # the consumer gives up (an error in the network): the producer ends, not blocked for ever
     assert not [thread for thread in threading.enumerate() if thread.name == "dinat-decode"]
     assert len(produced) <= 4
+
+
+def test_any_frame_is_read_from_the_keyframe_before_it_as_the_whole_clip_decodes_it(tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "clip.mp4", frames=10, encoder={"g": "4", "bf": "2"}, audio=False)
+    frames = decoded(clip)[0]
+    for index, frame in enumerate(frames):
+        np.testing.assert_array_equal(video.read_frame(clip, index).pixels, frame)
+    np.testing.assert_array_equal(video.read_frame(clip).pixels, frames[5])  # None: the middle frame
+
+
+def test_the_html_report_previews_a_clip_at_its_worst_frame_or_its_middle_one(tmp_path: Path) -> None:
+    from dinat_cli import html_report
+
+    before = make_clip(tmp_path / "in.mkv", frames=6, codec="ffv1", audio=False)
+    after = make_clip(tmp_path / "out.mkv", frames=6, codec="ffv1", audio=False, size=(64, 48))
+    rows = [
+        {"name": "scored.mkv", "status": "done", "input": str(before), "output": str(after), "worst_frame": 4},
+        {"name": "plain.mkv", "status": "done", "input": str(before), "output": str(after)},
+        {"name": "broken.mkv", "status": "done", "input": str(before), "output": str(tmp_path / "missing.mkv")},
+    ]
+    html_report.write_page(tmp_path / "run.html", {"task": "denoise", "files": rows, "summary": {}})
+    page = (tmp_path / "run.html").read_text()
+    assert "frame 4 (the worst)" in page and "the middle frame" in page
+    assert f"no preview: {tmp_path / 'missing.mkv'}: not a readable video" in page
+    previews = sorted(path.name for path in (tmp_path / "run_files").iterdir())
+    assert previews == sorted(
+        f"{card}-{kind}.webp" for card in (1, 2) for kind in ("before", "after", "heat", "crop-before", "crop-after")
+    )
