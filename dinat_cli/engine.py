@@ -184,11 +184,12 @@ class Restorer:
         batch = self._inputs_per_pass(grid)
         restored: list[Restored] = []
         while len(restored) < len(images):
+            whole = grid.count == 1
             # Whole images go `batch` at a time; a tiled image alone, `batch` of its tiles at a time.
-            chunk = images[len(restored) : len(restored) + (batch if grid.count == 1 else 1)]
-            inputs = len(chunk) if grid.count == 1 else min(batch, grid.count)
+            chunk = images[len(restored) : len(restored) + (batch if whole else 1)]
+            inputs = len(chunk) if whole else min(batch, grid.count)
             try:
-                restored += self._restore_chunk(chunk, tile, inputs if grid.count > 1 else 1)
+                restored += self._restore_chunk(chunk, tile, tiles_per_pass=1 if whole else inputs)
             except (torch.OutOfMemoryError, RuntimeError) as error:
                 if not _is_out_of_memory(error):
                     raise
@@ -208,8 +209,8 @@ class Restorer:
         pixels, finite = self._to_host(self._run(x, tile or None, self.dtype, tiles_per_pass), check_finite=half)
         retried = np.zeros(len(images), dtype=bool) if finite is None else ~finite
         if retried.any():
-            again = torch.from_numpy(np.flatnonzero(retried)).to(self.device)
-            redone, _ = self._to_host(self._run(x[again], tile or None, torch.float32, tiles_per_pass))
+            redo = torch.from_numpy(np.flatnonzero(retried)).to(self.device)
+            redone, _ = self._to_host(self._run(x[redo], tile or None, torch.float32, tiles_per_pass))
             pixels = pixels.copy()  # a view of a pinned buffer or of the network's output
             pixels[retried] = redone
         seconds = (time.perf_counter() - began) / len(images)
@@ -290,7 +291,7 @@ class Restorer:
         """How many inputs of `grid`'s size (whole images or tiles) one forward pass takes.
 
         Auto: as many as fit in the free-memory budget, up to MAX_AUTO_BATCH, but one on CPU,
-        where a batch computes no faster than its images one by one (README, "Batches").
+        where a batch computes no faster than its images one by one (README, "GPUs").
         """
         if self.options.batch is not None:
             return self.options.batch
