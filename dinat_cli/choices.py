@@ -28,28 +28,24 @@ def parse_tile(spec: str | int | None) -> int | None:
 
     Which tile sizes a network runs exactly is the engine's check: it knows the network.
     """
-    if spec is None or str(spec).strip().lower() == "auto":
-        return None
-    try:
-        tile = int(spec)
-    except ValueError:
-        raise UsageError(f"--tile {spec}: expected auto, 0 or a size in pixels") from None
-    if tile < 0:
-        raise UsageError(f"--tile {tile}: expected auto, 0 or a size in pixels")
-    return tile
+    return _auto_or_count(spec, "--tile", "expected auto, 0 or a size in pixels", smallest=0)
 
 
 def parse_batch(spec: str | int | None) -> int | None:
     """`auto` -> None (sized from free memory), N >= 1 -> N network inputs per forward pass."""
+    return _auto_or_count(spec, "--batch", "expected auto or a number of images >= 1", smallest=1)
+
+
+def _auto_or_count(spec: str | int | None, option: str, expected: str, smallest: int) -> int | None:
     if spec is None or str(spec).strip().lower() == "auto":
         return None
     try:
-        batch = int(spec)
+        count = int(spec)
     except ValueError:
-        raise UsageError(f"--batch {spec}: expected auto or a number of images >= 1") from None
-    if batch < 1:
-        raise UsageError(f"--batch {batch}: expected auto or a number of images >= 1")
-    return batch
+        raise UsageError(f"{option} {spec}: {expected}") from None
+    if count < smallest:
+        raise UsageError(f"{option} {count}: {expected}")
+    return count
 
 
 def check_tile_overlap(overlap: int, tile: int | None) -> None:

@@ -74,6 +74,23 @@ def _inputs(root: Path, count: int, larger: tuple[int, ...] = ()) -> Path:
     return root
 
 
+def _read_the_first_file_last(monkeypatch: pytest.MonkeyPatch, in_flight: int) -> None:
+    """f00.png is read only once the other files in flight are read and have asked for the model."""
+    read = io.read_image
+    others_read = threading.Semaphore(0)
+
+    def first_file_read_last(path: Path) -> io.DecodedImage:
+        if Path(path).name == "f00.png":
+            for _ in range(in_flight - 1):  # the files read ahead beside it
+                others_read.acquire()
+            time.sleep(0.2)  # and they have asked for the model
+        else:
+            others_read.release()
+        return read(path)
+
+    monkeypatch.setattr(io, "read_image", first_file_read_last)
+
+
 def _summary(result: BatchResult, capsys: pytest.CaptureFixture[str], *, quiet: bool = False) -> list[str]:
     """The lines a run's display ends with (stderr is not a terminal here: plain lines)."""
     capsys.readouterr()
@@ -85,19 +102,7 @@ def test_files_reach_the_model_in_list_order_even_when_the_first_is_read_last(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     jobs = planning.plan_jobs(str(_inputs(tmp_path / "in", 6)), tmp_path / "out")
-    read = io.read_image
-    others_read = threading.Semaphore(0)
-
-    def first_file_read_last(path: Path) -> io.DecodedImage:
-        if Path(path).name == "f00.png":
-            for _ in range(FILES_IN_FLIGHT - 1):  # the files read ahead beside it
-                others_read.acquire()
-            time.sleep(0.2)  # and they have asked for the model
-        else:
-            others_read.release()
-        return read(path)
-
-    monkeypatch.setattr(io, "read_image", first_file_read_last)
+    _read_the_first_file_last(monkeypatch, FILES_IN_FLIGHT)
     model = StandInModel()
     finished: list[str] = []
     result = LocalRunner(model).run(jobs, on_result=lambda item: finished.append(item.name))
@@ -110,21 +115,8 @@ def test_waiting_images_of_one_size_go_through_the_model_together_in_list_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     jobs = planning.plan_jobs(str(_inputs(tmp_path / "in", 9, larger=(3,))), tmp_path / "out")
-    read = io.read_image
-    others_read = threading.Semaphore(0)
     model = StandInModel(batch=3, fail=6)
-    in_flight = model.largest_batch + 2
-
-    def first_file_read_last(path: Path) -> io.DecodedImage:
-        if Path(path).name == "f00.png":
-            for _ in range(in_flight - 1):  # the files read ahead beside it: a batch and more
-                others_read.acquire()
-            time.sleep(0.2)  # and they have asked for the model
-        else:
-            others_read.release()
-        return read(path)
-
-    monkeypatch.setattr(io, "read_image", first_file_read_last)
+    _read_the_first_file_last(monkeypatch, model.largest_batch + 2)  # a batch and more in flight
     finished: list[str] = []
     result = LocalRunner(model).run(jobs, on_result=lambda item: finished.append(item.name))
     # f00 gathers f01 and f02, up to the batch size; f03 is larger: alone.
