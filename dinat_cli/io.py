@@ -106,10 +106,11 @@ class DecodedImage:
 
 @dataclass(frozen=True)
 class InputFile:
-    """One input image and its path relative to the INPUT root, which the output mirrors."""
+    """One input image or video and its path relative to the INPUT root, which the output mirrors."""
 
     path: Path
     relative: Path
+    video: bool = False
 
 
 # --------------------------------------------------------------------------- reading
@@ -377,11 +378,12 @@ def collect_inputs(input: str | Path, *, exclude: Path | None = None) -> list[In
     text = str(input)
     root = Path(text)
     if root.is_file():
-        if not _is_input(root):
+        item = _input_file(root, Path(root.name))
+        if item is None:
             raise UsageError(
                 f"{root}: not an image or video file; expected one of {_suffix_list()} (or a video by content)"
             )
-        return [InputFile(root, Path(root.name))]
+        return [item]
     if root.is_dir():
         found = sorted(walk_images(root), key=lambda item: item.relative)
     elif _has_glob_magic(text):
@@ -422,8 +424,8 @@ def walk_images(root: Path) -> Iterator[InputFile]:
         ]
         for name in names:
             path = Path(folder, name)
-            if not name.startswith(".") and _is_input(path):
-                yield InputFile(path, path.relative_to(root))
+            if not name.startswith(".") and (item := _input_file(path, path.relative_to(root))) is not None:
+                yield item
 
 
 def _first_visit(folder: Path, root: Path, walked: set[tuple[int, int]]) -> bool:
@@ -445,20 +447,21 @@ def _glob_images(pattern: str) -> list[InputFile]:
     base = input_root(pattern)
     # glob skips hidden names unless a pattern spells the dot, so temporary files stay out
     matches = sorted({Path(p) for p in glob.glob(pattern, recursive=True)})
-    return [
-        InputFile(path, path.relative_to(base))
-        for path in matches
-        if path.is_file() and not path.name.startswith(".") and _is_input(path)
-    ]
+    visible = (path for path in matches if path.is_file() and not path.name.startswith("."))
+    found = (_input_file(path, path.relative_to(base)) for path in visible)
+    return [item for item in found if item is not None]
 
 
 def _has_glob_magic(text: str) -> bool:
     return any(char in text for char in "*?[")
 
 
-def _is_input(path: Path) -> bool:
-    """An image or a video by its extension, or a video by its content (`video.is_video`)."""
-    return path.suffix.lower() in INPUT_EXTENSIONS or is_video(path)
+def _input_file(path: Path, relative: Path) -> InputFile | None:
+    """`path` as an input, told apart once: an image by its extension, a video by its extension
+    or, under any other name, by its content (`video.is_video`); None for anything else."""
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return InputFile(path, relative)
+    return InputFile(path, relative, video=True) if is_video(path) else None
 
 
 def _suffix_list() -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dinat_cli import io
 from dinat_cli.errors import DinatError, UsageError
-from dinat_cli.video import VideoOptions, is_video, plan_segments
+from dinat_cli.video import VideoOptions, plan_segments
 
 # Values of the restore commands' --ext option; "keep" writes each output in its input's format.
 # An image format applies to images, a video container to videos: the other kind keeps its own.
@@ -90,7 +90,8 @@ def plan_jobs(
         if Path(input).is_file() and (
             output.suffix.lower() in io.INPUT_EXTENSIONS or output.suffix.lower() == Path(input).suffix.lower()
         ):
-            jobs = [Job((inputs[0].path,), inputs[0].relative, output, video=_video_of(inputs[0].path, video))]
+            item = inputs[0]
+            jobs = [Job((item.path,), item.relative, output, video=video if item.video else None)]
         else:
             _refuse_a_file_as_folder(output)
             if output.resolve() == io.input_root(input).resolve() and not suffix:
@@ -102,8 +103,8 @@ def plan_jobs(
                 Job(
                     (item.path,),
                     item.relative,
-                    output_path(item.relative, output, ext, suffix, video=is_video(item.path)),
-                    video=_video_of(item.path, video),
+                    output_path(item.relative, output, ext, suffix, video=item.video),
+                    video=video if item.video else None,
                 )
                 for item in inputs
             ]
@@ -160,10 +161,6 @@ def video_segments(job: Job) -> range | None:
         return range(len(plan_segments(job.sources[0], job.video.segment_frames)))
     except DinatError:
         return None
-
-
-def _video_of(source: Path, options: VideoOptions) -> VideoOptions | None:
-    return options if is_video(source) else None
 
 
 def _refuse_a_file_as_folder(output: Path) -> None:
