@@ -501,6 +501,13 @@ def test_videos_under_names_of_their_own_are_found_by_content_and_kept_in_their_
         None,
         None,
     ]
+    from dinat_cli import io
+
+    # Told apart once, when the folder is walked: planning does not open the files again.
+    assert [(item.path.name, item.video) for item in io.collect_inputs(source)] == [
+        ("GOPR0001.LRV", True),
+        ("take", True),
+    ]
     run = restore_files(RestoreRequest("denoise", source, out, ModelSource(checkpoint), OPTIONS))
     assert [(row["name"], row["status"]) for row in run.document["files"]] == [
         ("GOPR0001.LRV", "done"),
